@@ -1,0 +1,10 @@
+/*
+ * kd.h - umbrella header: include this to get all of libkd's public API.
+ */
+#ifndef KD_H
+#define KD_H
+
+#include "kd_core.h"
+#include "kd_math.h"
+
+#endif /* KD_H */

@@ -1,0 +1,90 @@
+/* kd_test_main.c - runs one suite; Check prints "Checks: N, Failures: F, Errors: E". */
+#include <string.h>
+
+#include "kd_test.h"
+
+void *kd_test_alloc_fn(void *opaque, size_t size)
+{
+    kd_test_alloc *ta = (kd_test_alloc *)opaque;
+    ta->calls++;
+    if (ta->fail_at > 0 && ta->calls == ta->fail_at) {
+        ta->failed++;
+        return NULL;
+    }
+    void *p = malloc(size);
+    if (p) ta->live++;
+    return p;
+}
+
+void kd_test_free_fn(void *opaque, void *ptr)
+{
+    kd_test_alloc *ta = (kd_test_alloc *)opaque;
+    if (ptr) ta->live--;
+    free(ptr);
+}
+
+kd_context *kd_test_ctx_counting(kd_test_alloc *ta)
+{
+    kd_context_config cfg;
+    kd_context_config_default(&cfg);
+    cfg.allocator.alloc = kd_test_alloc_fn;
+    cfg.allocator.free = kd_test_free_fn;
+    cfg.allocator.opaque = ta;
+    cfg.seed = 42;
+    kd_context *ctx = NULL;
+    if (kd_context_create(&cfg, &ctx) != KD_OK) return NULL;
+    return ctx;
+}
+
+kd_context *kd_test_ctx(void)
+{
+    kd_context_config cfg;
+    kd_context_config_default(&cfg);
+    cfg.seed = 42;
+    kd_context *ctx = NULL;
+    kd_status st = kd_context_create(&cfg, &ctx);
+    ck_assert_int_eq(st, KD_OK);
+    return ctx;
+}
+
+void kd_test_fill(float *x, size_t n, float lo, float hi, uint64_t seed)
+{
+    kd_rng r;
+    kd_rng_seed(&r, seed, 7);
+    for (size_t i = 0; i < n; i++) x[i] = lo + (hi - lo) * kd_rng_uniform(&r);
+}
+
+long kd_test_alloc_failures(kd_test_alloc_body body, void *user)
+{
+    for (long n = 2; n < 100000; n++) {
+        /* Allocation 1 is the context itself; start failing at 2. */
+        kd_test_alloc ta = {0, 0, 0, 0};
+        kd_context *ctx = kd_test_ctx_counting(&ta);
+        ck_assert_ptr_nonnull(ctx);
+        ta.fail_at = n;
+        kd_status st = body(ctx, user);
+        long failed = ta.failed;
+        kd_context_destroy(ctx);
+        ck_assert_msg(ta.live == 0, "leak after failing allocation %ld: %ld blocks", n, ta.live);
+        if (!failed) {
+            ck_assert_msg(st == KD_OK, "body failed with %d without an injected failure", st);
+            return n - 2;
+        }
+        ck_assert_msg(st == KD_E_NOMEM || st == KD_E_OVERFLOW,
+                      "allocation %ld failed but body returned %d", n, st);
+    }
+    ck_abort_msg("body never succeeded");
+    return -1;
+}
+
+int main(void)
+{
+    SRunner *sr = srunner_create(kd_test_suite());
+    /* Each test runs in its own process: a crash fails one test, and
+     * process-wide state (BLIS's sub-configuration) starts fresh. */
+    srunner_set_fork_status(sr, CK_FORK);
+    srunner_run_all(sr, CK_NORMAL);
+    int failed = srunner_ntests_failed(sr);
+    srunner_free(sr);
+    return failed == 0 ? 0 : 1;
+}
