@@ -267,7 +267,8 @@ START_TEST(formatter)
     ck_assert_str_eq(b, "1.5 -0.25 1e-7 3e20 0");
     kd__fmt(b, sizeof b, "%g %g %g", (double)NAN, (double)INFINITY, -(double)INFINITY);
     ck_assert_str_eq(b, "nan inf -inf");
-    kd__fmt(b, sizeof b, "%s", (const char *)NULL);
+    const char *volatile null_str = NULL;
+    kd__fmt(b, sizeof b, "%s", null_str);
     ck_assert_str_eq(b, "(null)");
     size_t n = kd__fmt(b, 5, "%s", "truncated");
     ck_assert_str_eq(b, "trun");

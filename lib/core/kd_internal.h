@@ -131,6 +131,40 @@ void kd__gemm_blis(int threads, int transa, int transb, size_t m, size_t n, size
                    float beta, float *c, size_t ldc);
 #endif
 
+/* ---- files (hosted builds only) -------------------------------------- */
+
+#if !defined(KD_EMBEDDED)
+/* Crash-safe writer: open -> write* -> commit (fsync, rename, fsync folder),
+ * or abort. On any failure after open the temporary file is removed and the
+ * file under the final name (if any) is untouched. */
+typedef struct kd_atomic_file {
+    kd_context *ctx;
+    int fd;
+    char *tmp_path;
+    char *final_path;
+    size_t written;
+} kd_atomic_file;
+
+kd_status kd__atomic_open(kd_context *ctx, kd_atomic_file *f, const char *path);
+kd_status kd__atomic_write(kd_atomic_file *f, const void *data, size_t size);
+/* Finishes the file; the handle is closed either way. */
+kd_status kd__atomic_commit(kd_atomic_file *f);
+/* Drops the temporary file; safe after a failed write or commit, and twice. */
+void kd__atomic_abort(kd_atomic_file *f);
+
+/* Read-only memory map of a whole file (size 0 gives data == NULL). */
+typedef struct kd_mapped_file {
+    const unsigned char *data;
+    size_t size;
+} kd_mapped_file;
+kd_status kd__map_file(kd_context *ctx, const char *path, kd_mapped_file *m);
+void kd__unmap_file(kd_mapped_file *m);
+
 /* ---- fault injection (tests only; no effect unless set) -------------- */
+
+/* Called before each OS call of the writers with "write", "fsync" or
+ * "rename"; returning an errno value (e.g. ENOSPC, EIO) makes that call fail. */
+extern int (*kd__io_fault_hook)(const char *op);
+#endif
 
 #endif /* KD_INTERNAL_H */
