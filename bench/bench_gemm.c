@@ -23,11 +23,13 @@
 
 typedef struct {
     size_t m, k, n;
+    int tb; /* B transposed (stored n x k): a linear layer's forward */
 } shape;
 
 static const shape shapes[] = {
-    {128, 784, 1200}, {128, 1200, 1200}, {512, 512, 512}, {1024, 512, 1024},
-    {1, 784, 128},    {1, 784, 32},      {128, 784, 128}, {128, 128, 10},
+    {128, 784, 1200, 0}, {128, 1200, 1200, 0}, {512, 512, 512, 0}, {1024, 512, 1024, 0},
+    {128, 784, 1200, 1}, {128, 784, 128, 0},   {128, 128, 10, 0},   {1, 784, 128, 0},
+    {1, 784, 32, 0},     {1, 784, 32, 1},      {1, 32, 10, 1},      {4, 784, 128, 1},
 };
 #define N_SHAPES (sizeof shapes / sizeof shapes[0])
 
@@ -43,15 +45,15 @@ static void run_job(void *p)
     job *j = (job *)p;
     const shape *s = j->s;
     if (j->use_kd) {
-        kd_gemm(j->ctx, KD_NO_TRANS, KD_NO_TRANS, s->m, s->n, s->k, 1.0f, j->a, s->k, j->b, s->n,
-                0.0f, j->c, s->n);
+        kd_gemm(j->ctx, KD_NO_TRANS, s->tb ? KD_TRANS : KD_NO_TRANS, s->m, s->n, s->k, 1.0f, j->a,
+                s->k, j->b, s->tb ? s->k : s->n, 0.0f, j->c, s->n);
     } else {
         float one = 1.0f, zero = 0.0f;
         rntm_t rntm = BLIS_RNTM_INITIALIZER;
         bli_rntm_set_num_threads(1, &rntm);
-        bli_sgemm_ex(BLIS_NO_TRANSPOSE, BLIS_NO_TRANSPOSE, (dim_t)s->m, (dim_t)s->n, (dim_t)s->k,
-                     &one, j->a, (inc_t)s->k, 1, j->b, (inc_t)s->n, 1, &zero, j->c, (inc_t)s->n,
-                     1, NULL, &rntm);
+        bli_sgemm_ex(BLIS_NO_TRANSPOSE, s->tb ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE, (dim_t)s->m,
+                     (dim_t)s->n, (dim_t)s->k, &one, j->a, (inc_t)s->k, 1, j->b,
+                     (inc_t)(s->tb ? s->k : s->n), 1, &zero, j->c, (inc_t)s->n, 1, NULL, &rntm);
     }
 }
 
@@ -163,9 +165,9 @@ int main(int argc, char **argv)
         int best = 2;
         for (int mi = 2; mi < nm; mi++)
             if (ok[mi] && med[mi] > med[best]) best = mi;
-        printf("bench=gemm shape=%zux%zux%zu libkd=%.1f blis_auto=%.1f (%s) best=%s blis_best=%.1f "
+        printf("bench=gemm shape=%zux%zux%zu%s libkd=%.1f blis_auto=%.1f (%s) best=%s blis_best=%.1f "
                "speedup=%.2f of_best=%.2f\n",
-               shapes[s].m, shapes[s].k, shapes[s].n, med[0], med[1], modes[1].name,
+               shapes[s].m, shapes[s].k, shapes[s].n, shapes[s].tb ? "(Bt)" : "", med[0], med[1], modes[1].name,
                modes[best].name, med[best], med[0] / med[1], med[0] / med[best]);
     }
     return 0;

@@ -117,6 +117,12 @@ char *kd__strdup(kd_context *ctx, const char *s);
 void kd__gemm(kd_context *ctx, int transa, int transb, size_t m, size_t n, size_t k,
               float alpha, const float *a, size_t lda, const float *b, size_t ldb,
               float beta, float *c, size_t ldc);
+/* Fast path for C with at most KD_GEMM_SMALL_M rows and A not transposed
+ * (batch-1 inference); returns 0, doing nothing, for other shapes. */
+#define KD_GEMM_SMALL_M 4
+int kd__gemm_small(int transa, int transb, size_t m, size_t n, size_t k, float alpha,
+                   const float *a, size_t lda, const float *b, size_t ldb, float beta, float *c,
+                   size_t ldc);
 void kd__gemm_reference(int transa, int transb, size_t m, size_t n, size_t k,
                         float alpha, const float *a, size_t lda, const float *b,
                         size_t ldb, float beta, float *c, size_t ldc);

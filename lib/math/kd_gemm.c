@@ -15,6 +15,7 @@ void kd__gemm(kd_context *ctx, int transa, int transb, size_t m, size_t n, size_
     if (m == 0 || n == 0) return;
 #if defined(KD_HAVE_BLIS)
     if (ctx->gemm == KD_GEMM_BLIS) {
+        if (kd__gemm_small(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)) return;
         kd__gemm_blis(ctx->threads, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
         return;
     }
