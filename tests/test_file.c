@@ -22,7 +22,7 @@ static void teardown(void)
 {
     DIR *d = opendir(dir);
     struct dirent *e;
-    char p[256];
+    char p[320];
     while (d && (e = readdir(d)) != NULL) {
         if (e->d_name[0] == '.') continue;
         snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
