@@ -6,5 +6,6 @@
 
 #include "kd_core.h"
 #include "kd_math.h"
+#include "kd_data.h"
 
 #endif /* KD_H */
