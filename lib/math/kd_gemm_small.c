@@ -14,6 +14,10 @@
  */
 #include "kd_internal.h"
 
+/* The vector helpers below are static and always inlined: the psABI note
+ * about passing 64-byte vectors does not apply. */
+#pragma GCC diagnostic ignored "-Wpsabi"
+
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
 #define KD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
