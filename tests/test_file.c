@@ -1,5 +1,6 @@
 /* test_file.c - crash-safe writer and file mapping, with injected I/O faults. */
 #include <dirent.h>
+#include <sys/stat.h>
 #include <errno.h>
 #include <stdio.h>
 #include <string.h>
@@ -71,6 +72,13 @@ START_TEST(atomic_write_roundtrip)
     ck_assert_int_eq(write_file(ctx, "second version"), KD_OK);
     expect_content(ctx, "second version");
     ck_assert_int_eq(count_entries(), 1);
+    /* Created like any file (0666 less the umask), not 0600 like mkstemp. */
+    mode_t old = umask(022);
+    ck_assert_int_eq(write_file(ctx, "third"), KD_OK);
+    umask(old);
+    struct stat sb;
+    ck_assert_int_eq(stat(path, &sb), 0);
+    ck_assert_uint_eq(sb.st_mode & 0777, 0644);
     kd_context_destroy(ctx);
 }
 END_TEST

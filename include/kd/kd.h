@@ -7,5 +7,10 @@
 #include "kd_core.h"
 #include "kd_math.h"
 #include "kd_data.h"
+#include "kd_nn.h"
+#include "kd_loss.h"
+#include "kd_distill.h"
+#include "kd_safetensors.h"
+#include "kd_retrieval.h"
 
 #endif /* KD_H */

@@ -1,7 +1,7 @@
 /*
  * kd_file.c - crash-safe file writes and whole-file reads (hosted builds).
  *
- * A writer goes to "<path>.tmp-XXXXXX" in the same folder, then fsync,
+ * A writer goes to "<path>.tmp-<pid>-<n>" in the same folder, then fsync,
  * rename over the final name, and fsync of the folder: a crash at any point
  * leaves either the old file or the new one under the final name, never a
  * mix. Every failure removes the temporary file.
@@ -36,16 +36,23 @@ kd_status kd__atomic_open(kd_context *ctx, kd_atomic_file *f, const char *path)
     if (!path || !*path) return kd__fail(ctx, KD_E_INVALID, "file path is NULL or empty");
     size_t n = strlen(path);
     f->final_path = kd__strdup(ctx, path);
-    f->tmp_path = (char *)kd__alloc(ctx, n + 16);
+    f->tmp_path = (char *)kd__alloc(ctx, n + 40);
     if (!f->final_path || !f->tmp_path) {
         kd__free(ctx, f->tmp_path);
         kd__free(ctx, f->final_path);
         f->tmp_path = f->final_path = NULL;
         return KD_E_NOMEM;
     }
-    memcpy(f->tmp_path, path, n);
-    memcpy(f->tmp_path + n, ".tmp-XXXXXX", 12);
-    f->fd = mkstemp(f->tmp_path);
+    /* open(O_EXCL) with mode 0666 rather than mkstemp, whose 0600 would make
+     * checkpoints unreadable to other users; the umask applies as for any
+     * file the process creates. The name is unique per process and call. */
+    static unsigned long counter;
+    for (int attempt = 0; attempt < 100; attempt++) {
+        unsigned long c = __atomic_fetch_add(&counter, 1, __ATOMIC_RELAXED);
+        kd__fmt(f->tmp_path, n + 40, "%s.tmp-%ld-%lu", path, (long)getpid(), c);
+        f->fd = open(f->tmp_path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+        if (f->fd >= 0 || errno != EEXIST) break;
+    }
     if (f->fd < 0) {
         kd_status st = kd__fail(ctx, KD_E_IO, "cannot create a temporary file beside '%s': %s",
                                 path, strerror(errno));

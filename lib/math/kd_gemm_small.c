@@ -110,41 +110,47 @@ KD_INLINE void small_nn_rows(const size_t M, size_t n, size_t k, float alpha, co
         }
 }
 
-/* C[M x n] = alpha * A[M x k] * B^T + beta * C with B stored n x k (a linear
- * layer's weight): dot products of contiguous rows. JB rows of B at a time
- * and two accumulators per (row, column) pair keep 4-8 FMA chains in flight. */
+/* C[M x JB] block at column j of C = alpha * A[M x k] * B^T + beta * C, with
+ * B stored n x k (a linear layer's weight): dot products of contiguous rows.
+ * Two accumulators per (row, column) pair and JB columns at a time keep
+ * 4-8 FMA chains in flight. */
+KD_INLINE void nt_block(const size_t M, const size_t JB, size_t j, size_t k, float alpha,
+                        const float *a, size_t lda, const float *b, size_t ldb, float beta,
+                        float *c, size_t ldc)
+{
+    v16 acc[KD_GEMM_SMALL_M][2][2];
+    for (size_t i = 0; i < M; i++)
+        for (size_t jj = 0; jj < JB; jj++) acc[i][jj][0] = acc[i][jj][1] = splat(0);
+    size_t p = 0;
+    for (; p + 32 <= k; p += 32)
+        for (size_t jj = 0; jj < JB; jj++) {
+            const float *bj = b + (j + jj) * ldb + p;
+            v16 b0 = ld(bj), b1 = ld(bj + 16);
+            for (size_t i = 0; i < M; i++) {
+                acc[i][jj][0] += ld(a + i * lda + p) * b0;
+                acc[i][jj][1] += ld(a + i * lda + p + 16) * b1;
+            }
+        }
+    for (; p + 16 <= k; p += 16)
+        for (size_t jj = 0; jj < JB; jj++) {
+            v16 b0 = ld(b + (j + jj) * ldb + p);
+            for (size_t i = 0; i < M; i++) acc[i][jj][0] += ld(a + i * lda + p) * b0;
+        }
+    for (size_t i = 0; i < M; i++)
+        for (size_t jj = 0; jj < JB; jj++) {
+            float s = hsum(acc[i][jj][0] + acc[i][jj][1]);
+            for (size_t q = p; q < k; q++) s += a[i * lda + q] * b[(j + jj) * ldb + q];
+            c[i * ldc + j + jj] = finish(alpha, s, beta, c[i * ldc + j + jj]);
+        }
+}
+
 KD_INLINE void small_nt_rows(const size_t M, const size_t JB, size_t n, size_t k, float alpha,
                              const float *a, size_t lda, const float *b, size_t ldb, float beta,
                              float *c, size_t ldc)
 {
     size_t j = 0;
-    for (; j + JB <= n; j += JB) {
-        v16 acc[KD_GEMM_SMALL_M][2][2];
-        for (size_t i = 0; i < M; i++)
-            for (size_t jj = 0; jj < JB; jj++) acc[i][jj][0] = acc[i][jj][1] = splat(0);
-        size_t p = 0;
-        for (; p + 32 <= k; p += 32)
-            for (size_t jj = 0; jj < JB; jj++) {
-                const float *bj = b + (j + jj) * ldb + p;
-                v16 b0 = ld(bj), b1 = ld(bj + 16);
-                for (size_t i = 0; i < M; i++) {
-                    acc[i][jj][0] += ld(a + i * lda + p) * b0;
-                    acc[i][jj][1] += ld(a + i * lda + p + 16) * b1;
-                }
-            }
-        for (; p + 16 <= k; p += 16)
-            for (size_t jj = 0; jj < JB; jj++) {
-                v16 b0 = ld(b + (j + jj) * ldb + p);
-                for (size_t i = 0; i < M; i++) acc[i][jj][0] += ld(a + i * lda + p) * b0;
-            }
-        for (size_t i = 0; i < M; i++)
-            for (size_t jj = 0; jj < JB; jj++) {
-                float s = hsum(acc[i][jj][0] + acc[i][jj][1]);
-                for (size_t q = p; q < k; q++) s += a[i * lda + q] * b[(j + jj) * ldb + q];
-                c[i * ldc + j + jj] = finish(alpha, s, beta, c[i * ldc + j + jj]);
-            }
-    }
-    if (j < n) small_nt_rows(M, 1, n - j, k, alpha, a, lda, b + j * ldb, ldb, beta, c + j, ldc);
+    for (; j + JB <= n; j += JB) nt_block(M, JB, j, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    for (; j < n; j++) nt_block(M, 1, j, k, alpha, a, lda, b, ldb, beta, c, ldc);
 }
 
 KD_CLONES

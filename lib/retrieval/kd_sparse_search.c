@@ -1,0 +1,721 @@
+/*
+ * kd_sparse_search.c - exact top-k over the sparse index: MaxScore (Turtle &
+ * Flood 1995), Block-Max WAND (Ding & Suel 2011) and an exhaustive
+ * term-at-a-time oracle.
+ *
+ * Exactness. All three compute a document's score with the same function
+ * from the same inputs: the learned part is an integer sum (order-free), the
+ * BM25 part a float sum of per-term values taken in ascending token order
+ * (absent terms add +0.0f, which changes nothing). Pruning uses upper bounds
+ * in double inflated by a relative slack far larger than float rounding, so
+ * a document is skipped only when its exact score cannot beat the current
+ * k-th result. Documents are visited in ascending internal number (= doc id
+ * order), so a later document with a score equal to the k-th never enters:
+ * ties go to the smaller doc id in every algorithm.
+ */
+#include <math.h>
+#include <stdlib.h>
+
+#include "kd_sparse_format.h"
+
+#if defined(__clang__)
+#pragma STDC FP_CONTRACT OFF
+#endif
+
+typedef struct cursor {
+    const kd__spx_field *f;
+    const kd__spx_term *t;
+    const kd__spx_block *blocks;
+    int kind;         /* 0 learned, 1 BM25 */
+    uint32_t nb;      /* blocks in the list */
+    uint32_t blk;     /* decoded block */
+    uint32_t sblk;    /* shallow block (BMW) */
+    uint32_t pos, n;  /* position in / size of the decoded block */
+    uint32_t doc;     /* current doc or KD_SPX_END */
+    uint32_t qq;      /* learned: quantised query weight */
+    float idf, qtf;   /* BM25 */
+    uint32_t slot;    /* BM25: index in ascending token order */
+    double ub;        /* weighted upper bound over the list */
+    uint32_t docs[KD_SPX_BLOCK];
+    uint32_t vals[KD_SPX_BLOCK];
+} cursor;
+
+typedef struct sparams {
+    const kd__spx_doc *dtab;
+    double unit;  /* learned: score per integer unit (weight_sparse included) */
+    float wbm;
+    float k1, k1p1, b1, bavg;
+    double slack; /* 1 + relative slack */
+} sparams;
+
+typedef struct hent {
+    float s;
+    uint32_t d;
+} hent;
+
+typedef struct qpair {
+    uint32_t id;
+    float w;
+} qpair;
+
+struct kd__spx_scratch {
+    size_t cap_terms, cap_k, cap_docs;
+    cursor *cur;
+    cursor **ps;
+    uint32_t *order;
+    double *cum;
+    float *slots;
+    qpair *qp;
+    uint32_t *qt;
+    hent *heap;
+    /* exhaustive */
+    int64_t *isum;
+    float *bacc;
+    uint8_t *seen;
+    uint32_t *touched;
+    hent *all;
+};
+
+/* ---- configuration ---------------------------------------------------- */
+
+void kd_sparse_search_config_default(kd_sparse_search_config *cfg)
+{
+    if (!cfg) return;
+    memset(cfg, 0, sizeof *cfg);
+    cfg->struct_size = sizeof *cfg;
+    cfg->algo = KD_SPARSE_MAXSCORE;
+    cfg->weight_sparse = 1.0f;
+    cfg->weight_bm25 = 1.0f;
+    cfg->bm25_k1 = 0.9f;
+    cfg->bm25_b = 0.4f;
+    cfg->threads = 0;
+}
+
+kd_status kd__spx_search_config(kd_context *ctx, const kd_sparse_search_config *in,
+                                kd_sparse_search_config *out)
+{
+    kd_sparse_search_config_default(out);
+    if (in) {
+        kd_status st = kd__config_copy(out, sizeof *out, in, in->struct_size, sizeof *out);
+        if (st != KD_OK) return st;
+    }
+    if (out->algo != KD_SPARSE_MAXSCORE && out->algo != KD_SPARSE_BMW &&
+        out->algo != KD_SPARSE_EXHAUSTIVE)
+        return kd__fail(ctx, KD_E_INVALID, "sparse search: unknown algorithm %d", (int)out->algo);
+    if (!isfinite(out->weight_sparse) || out->weight_sparse < 0.0f || !isfinite(out->weight_bm25) ||
+        out->weight_bm25 < 0.0f)
+        return kd__fail(ctx, KD_E_INVALID, "sparse search: weights must be finite and >= 0");
+    if (!isfinite(out->bm25_k1) || out->bm25_k1 < 0.0f || !(out->bm25_b >= 0.0f && out->bm25_b <= 1.0f))
+        return kd__fail(ctx, KD_E_INVALID, "sparse search: need k1 >= 0 and 0 <= b <= 1 (k1 %g, b %g)",
+                        (double)out->bm25_k1, (double)out->bm25_b);
+    if (out->threads < 0) return kd__fail(ctx, KD_E_INVALID, "sparse search: threads %d", out->threads);
+    return KD_OK;
+}
+
+/* ---- scratch ---------------------------------------------------------- */
+
+void kd__spx_scratch_destroy(kd_context *ctx, kd__spx_scratch *s)
+{
+    if (!s) return;
+    kd__free(ctx, s->all);
+    kd__free(ctx, s->touched);
+    kd__free(ctx, s->seen);
+    kd__free(ctx, s->bacc);
+    kd__free(ctx, s->isum);
+    kd__free(ctx, s->heap);
+    kd__free(ctx, s->qt);
+    kd__free(ctx, s->qp);
+    kd__free(ctx, s->slots);
+    kd__free(ctx, s->cum);
+    kd__free(ctx, s->order);
+    kd__free(ctx, s->ps);
+    kd__free(ctx, s->cur);
+    kd__free(ctx, s);
+}
+
+kd_status kd__spx_scratch_create(kd_context *ctx, const kd_sparse_index *idx, size_t nterms,
+                                 size_t k, int exhaustive, kd__spx_scratch **out)
+{
+    *out = NULL;
+    kd__spx_scratch *s = (kd__spx_scratch *)kd__calloc(ctx, 1, sizeof *s);
+    if (!s) return KD_E_NOMEM;
+    size_t nt = nterms ? nterms : 1;
+    if (k > idx->n_docs) k = idx->n_docs;
+    size_t nk = k ? k : 1;
+    s->cap_terms = nterms;
+    s->cap_k = k;
+    s->cur = (cursor *)kd__calloc(ctx, nt, sizeof *s->cur);
+    s->ps = (cursor **)kd__calloc(ctx, nt, sizeof *s->ps);
+    s->order = (uint32_t *)kd__calloc(ctx, nt, sizeof *s->order);
+    s->cum = (double *)kd__calloc(ctx, nt, sizeof *s->cum);
+    s->slots = (float *)kd__calloc(ctx, nt, sizeof *s->slots);
+    s->qp = (qpair *)kd__calloc(ctx, nt, sizeof *s->qp);
+    s->qt = (uint32_t *)kd__calloc(ctx, nt, sizeof *s->qt);
+    s->heap = (hent *)kd__calloc(ctx, nk, sizeof *s->heap);
+    int ok = s->cur && s->ps && s->order && s->cum && s->slots && s->qp && s->qt && s->heap;
+    if (ok && exhaustive) {
+        size_t nd = idx->n_docs ? idx->n_docs : 1;
+        s->cap_docs = idx->n_docs;
+        s->isum = (int64_t *)kd__calloc(ctx, nd, sizeof *s->isum);
+        s->bacc = (float *)kd__calloc(ctx, nd, sizeof *s->bacc);
+        s->seen = (uint8_t *)kd__calloc(ctx, nd, sizeof *s->seen);
+        s->touched = (uint32_t *)kd__calloc(ctx, nd, sizeof *s->touched);
+        s->all = (hent *)kd__calloc(ctx, nd, sizeof *s->all);
+        ok = s->isum && s->bacc && s->seen && s->touched && s->all;
+    }
+    if (!ok) {
+        kd__spx_scratch_destroy(ctx, s);
+        return KD_E_NOMEM;
+    }
+    *out = s;
+    return KD_OK;
+}
+
+/* ---- cursors ---------------------------------------------------------- */
+
+static void cur_decode(cursor *c, uint32_t j)
+{
+    const kd__spx_block *bk = &c->blocks[j];
+    uint32_t n = j + 1 < c->nb ? KD_SPX_BLOCK : c->t->df - (c->nb - 1) * KD_SPX_BLOCK;
+    const unsigned char *p = c->f->post + bk->offset;
+    unsigned w = p[0];
+    kd__spx_unpack(p + 1, n, w, c->docs);
+    p += 1 + ((size_t)n * w + 7) / 8;
+    uint32_t d = (j ? c->blocks[j - 1].last_doc + 1 : 0) + c->docs[0];
+    c->docs[0] = d;
+    for (uint32_t i = 1; i < n; i++) {
+        d += c->docs[i] + 1;
+        c->docs[i] = d;
+    }
+    if (c->kind == 0) {
+        for (uint32_t i = 0; i < n; i++) c->vals[i] = p[i];
+    } else {
+        kd__spx_unpack(p + 1, n, p[0], c->vals);
+        for (uint32_t i = 0; i < n; i++) c->vals[i] += 1;
+    }
+    c->blk = j;
+    c->n = n;
+    c->pos = 0;
+    c->doc = c->docs[0];
+}
+
+static inline void cur_next(cursor *c)
+{
+    if (c->doc == KD_SPX_END) return;
+    if (++c->pos < c->n) c->doc = c->docs[c->pos];
+    else if (c->blk + 1 < c->nb) cur_decode(c, c->blk + 1);
+    else c->doc = KD_SPX_END;
+}
+
+/* First block index >= from whose last_doc >= target (nb when none). */
+static uint32_t find_block(const cursor *c, uint32_t from, uint32_t target)
+{
+    uint32_t j = from;
+    /* gallop, then binary search */
+    uint32_t step = 1;
+    while (j < c->nb && c->blocks[j].last_doc < target) {
+        uint32_t nj = j + step;
+        if (nj >= c->nb || c->blocks[nj].last_doc >= target) {
+            uint32_t lo = j + 1, hi = nj < c->nb ? nj : c->nb;
+            while (lo < hi) {
+                uint32_t mid = lo + (hi - lo) / 2;
+                if (c->blocks[mid].last_doc < target) lo = mid + 1;
+                else hi = mid;
+            }
+            return lo;
+        }
+        j = nj;
+        step *= 2;
+    }
+    return j;
+}
+
+static inline void cur_next_geq(cursor *c, uint32_t target)
+{
+    if (c->doc >= target) return;
+    if (c->blocks[c->blk].last_doc < target) {
+        uint32_t j = find_block(c, c->blk + 1, target);
+        if (j >= c->nb) {
+            c->doc = KD_SPX_END;
+            return;
+        }
+        cur_decode(c, j);
+    }
+    while (c->docs[c->pos] < target) c->pos++;
+    c->doc = c->docs[c->pos];
+}
+
+/* BM25 value of one posting. Every path calls this function. */
+static float bm25_value(const sparams *sp, const cursor *c, uint32_t tf, uint32_t dl)
+{
+    float t = (float)tf;
+    float num = t * sp->k1p1;
+    float norm = sp->bavg * (float)dl;
+    norm = sp->b1 + norm;
+    norm = sp->k1 * norm;
+    float den = t + norm;
+    float v = num / den;
+    v = c->idf * v;
+    return c->qtf * v;
+}
+
+static double bm25_bound(const sparams *sp, const cursor *c, uint32_t maxtf, uint32_t minlen)
+{
+    double t = (double)maxtf;
+    double den = t + (double)sp->k1 * ((double)sp->b1 + (double)sp->bavg * (double)minlen);
+    return (double)sp->wbm * (double)c->qtf * (double)c->idf * t * (double)sp->k1p1 / den;
+}
+
+static double bound_of(const sparams *sp, const cursor *c, uint32_t max_val, uint32_t min_len)
+{
+    if (c->kind == 0) return sp->unit * (double)c->qq * (double)max_val;
+    return bm25_bound(sp, c, max_val, min_len);
+}
+
+/* Block bound at target after a shallow move (0 when the list ends before). */
+static double shallow_bound(const sparams *sp, cursor *c, uint32_t target, uint32_t *last)
+{
+    uint32_t j = c->sblk > c->blk ? c->sblk : c->blk;
+    if (j > c->blk && c->blocks[j - 1].last_doc >= target) j = c->blk;
+    j = find_block(c, j, target);
+    c->sblk = j;
+    if (j >= c->nb) {
+        *last = KD_SPX_END;
+        return 0.0;
+    }
+    *last = c->blocks[j].last_doc;
+    return bound_of(sp, c, c->blocks[j].max_val, c->blocks[j].min_len);
+}
+
+/* ---- scoring and heap ------------------------------------------------- */
+
+static float final_score(const sparams *sp, int64_t isum, float bm)
+{
+    float ls = (float)((double)isum * sp->unit);
+    float bs = sp->wbm * bm;
+    return ls + bs;
+}
+
+/* Adds cursor c's posting at its current doc to (isum, slots); returns the
+ * double estimate of the weighted contribution for pruning. */
+static inline double add_posting(const sparams *sp, const cursor *c, int64_t *isum, float *slots)
+{
+    uint32_t v = c->vals[c->pos];
+    if (c->kind == 0) {
+        int64_t x = (int64_t)c->qq * (int64_t)v;
+        *isum += x;
+        return sp->unit * (double)x;
+    }
+    float x = bm25_value(sp, c, v, sp->dtab[c->doc].len);
+    slots[c->slot] = x;
+    return (double)sp->wbm * (double)x;
+}
+
+static float sum_slots(const float *slots, size_t n)
+{
+    float b = 0.0f;
+    for (size_t i = 0; i < n; i++) b = b + slots[i];
+    return b;
+}
+
+static inline int worse(hent a, hent b) { return a.s < b.s || (a.s == b.s && a.d > b.d); }
+
+typedef struct heap {
+    hent *h;
+    size_t n, cap;
+} heap;
+
+static void heap_down(heap *hp, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < hp->n && worse(hp->h[l], hp->h[m])) m = l;
+        if (r < hp->n && worse(hp->h[r], hp->h[m])) m = r;
+        if (m == i) return;
+        hent t = hp->h[i];
+        hp->h[i] = hp->h[m];
+        hp->h[m] = t;
+        i = m;
+    }
+}
+
+/* Offers e; returns 1 when the threshold (k-th score) may have changed. */
+static int heap_offer(heap *hp, hent e)
+{
+    if (hp->n < hp->cap) {
+        size_t i = hp->n++;
+        hp->h[i] = e;
+        while (i > 0) {
+            size_t p = (i - 1) / 2;
+            if (!worse(hp->h[i], hp->h[p])) break;
+            hent t = hp->h[i];
+            hp->h[i] = hp->h[p];
+            hp->h[p] = t;
+            i = p;
+        }
+        return hp->n == hp->cap;
+    }
+    if (!worse(hp->h[0], e)) return 0;
+    hp->h[0] = e;
+    heap_down(hp, 0);
+    return 1;
+}
+
+static float heap_thr(const heap *hp) { return hp->n == hp->cap ? hp->h[0].s : -INFINITY; }
+
+static int better_first(const void *a, const void *b)
+{
+    hent x = *(const hent *)a, y = *(const hent *)b;
+    if (worse(y, x)) return -1;
+    if (worse(x, y)) return 1;
+    return 0;
+}
+
+/* ---- algorithms ------------------------------------------------------- */
+
+static void run_maxscore(const sparams *sp, kd__spx_scratch *s, size_t n, heap *hp, size_t nslots)
+{
+    cursor *cur = s->cur;
+    uint32_t *ord = s->order;
+    for (size_t i = 0; i < n; i++) ord[i] = (uint32_t)i;
+    for (size_t i = 1; i < n; i++) { /* ascending upper bound */
+        uint32_t x = ord[i];
+        size_t j = i;
+        while (j > 0 && cur[ord[j - 1]].ub > cur[x].ub) {
+            ord[j] = ord[j - 1];
+            j--;
+        }
+        ord[j] = x;
+    }
+    double acc = 0.0;
+    for (size_t i = 0; i < n; i++) {
+        acc += cur[ord[i]].ub;
+        s->cum[i] = acc;
+    }
+    float thr = -INFINITY;
+    size_t fe = 0; /* first essential list in ord */
+    float *slots = s->slots;
+    for (;;) {
+        uint32_t d = KD_SPX_END;
+        for (size_t i = fe; i < n; i++)
+            if (cur[ord[i]].doc < d) d = cur[ord[i]].doc;
+        if (d == KD_SPX_END) break;
+        int64_t isum = 0;
+        for (size_t i = 0; i < nslots; i++) slots[i] = 0.0f;
+        double part = 0.0;
+        for (size_t i = fe; i < n; i++) {
+            cursor *c = &cur[ord[i]];
+            if (c->doc == d) {
+                part += add_posting(sp, c, &isum, slots);
+                cur_next(c);
+            }
+        }
+        int pruned = 0;
+        for (size_t i = fe; i-- > 0;) {
+            if ((part + s->cum[i]) * sp->slack <= (double)thr) {
+                pruned = 1;
+                break;
+            }
+            cursor *c = &cur[ord[i]];
+            cur_next_geq(c, d);
+            if (c->doc == d) part += add_posting(sp, c, &isum, slots);
+        }
+        if (pruned) continue;
+        hent e = {final_score(sp, isum, sum_slots(slots, nslots)), d};
+        if (heap_offer(hp, e)) {
+            thr = heap_thr(hp);
+            while (fe < n && s->cum[fe] * sp->slack <= (double)thr) fe++;
+            if (fe == n) break;
+        }
+    }
+}
+
+static void sort_by_doc(cursor **ps, size_t n)
+{
+    for (size_t i = 1; i < n; i++) {
+        cursor *x = ps[i];
+        size_t j = i;
+        while (j > 0 && ps[j - 1]->doc > x->doc) {
+            ps[j] = ps[j - 1];
+            j--;
+        }
+        ps[j] = x;
+    }
+}
+
+static void run_bmw(const sparams *sp, kd__spx_scratch *s, size_t n, heap *hp, size_t nslots)
+{
+    cursor **ps = s->ps;
+    for (size_t i = 0; i < n; i++) ps[i] = &s->cur[i];
+    float thr = -INFINITY;
+    float *slots = s->slots;
+    for (;;) {
+        sort_by_doc(ps, n);
+        double acc = 0.0;
+        size_t p = n;
+        for (size_t i = 0; i < n; i++) {
+            if (ps[i]->doc == KD_SPX_END) break;
+            acc += ps[i]->ub;
+            if (acc * sp->slack > (double)thr) {
+                p = i;
+                break;
+            }
+        }
+        if (p == n) break;
+        uint32_t pd = ps[p]->doc;
+        while (p + 1 < n && ps[p + 1]->doc == pd) p++;
+        double bs = 0.0;
+        uint32_t dn = KD_SPX_END;
+        for (size_t i = 0; i <= p; i++) {
+            uint32_t last;
+            bs += shallow_bound(sp, ps[i], pd, &last);
+            if (last != KD_SPX_END && last + 1 < dn) dn = last + 1;
+        }
+        if (bs * sp->slack > (double)thr) {
+            if (ps[0]->doc == pd) {
+                int64_t isum = 0;
+                for (size_t i = 0; i < nslots; i++) slots[i] = 0.0f;
+                for (size_t i = 0; i <= p; i++) {
+                    add_posting(sp, ps[i], &isum, slots);
+                    cur_next(ps[i]);
+                }
+                hent e = {final_score(sp, isum, sum_slots(slots, nslots)), pd};
+                if (heap_offer(hp, e)) thr = heap_thr(hp);
+            } else {
+                size_t best = 0;
+                for (size_t i = 1; i < p; i++)
+                    if (ps[i]->doc < pd && ps[i]->ub > ps[best]->ub) best = i;
+                cur_next_geq(ps[best], pd);
+            }
+        } else {
+            if (p + 1 < n && ps[p + 1]->doc < dn) dn = ps[p + 1]->doc;
+            if (dn <= pd) dn = pd + 1; /* cannot happen; keeps progress certain */
+            size_t best = 0;
+            for (size_t i = 1; i <= p; i++)
+                if (ps[i]->ub > ps[best]->ub) best = i;
+            cur_next_geq(ps[best], dn);
+        }
+    }
+}
+
+static size_t run_exhaustive(const sparams *sp, kd__spx_scratch *s, size_t n, uint32_t n_docs)
+{
+    for (uint32_t d = 0; d < n_docs; d++) {
+        s->isum[d] = 0;
+        s->bacc[d] = 0.0f;
+        s->seen[d] = 0;
+    }
+    size_t nt = 0;
+    /* cursors: learned first, then BM25 in ascending slot order */
+    for (size_t i = 0; i < n; i++) {
+        cursor *c = &s->cur[i];
+        for (; c->doc != KD_SPX_END; cur_next(c)) {
+            uint32_t d = c->doc;
+            if (!s->seen[d]) {
+                s->seen[d] = 1;
+                s->touched[nt++] = d;
+            }
+            if (c->kind == 0) {
+                s->isum[d] += (int64_t)c->qq * (int64_t)c->vals[c->pos];
+            } else {
+                float x = bm25_value(sp, c, c->vals[c->pos], sp->dtab[d].len);
+                s->bacc[d] = s->bacc[d] + x;
+            }
+        }
+    }
+    for (size_t i = 0; i < nt; i++) {
+        uint32_t d = s->touched[i];
+        s->all[i].s = final_score(sp, s->isum[d], s->bacc[d]);
+        s->all[i].d = d;
+    }
+    qsort(s->all, nt, sizeof *s->all, better_first);
+    return nt;
+}
+
+/* ---- query preparation and the core ----------------------------------- */
+
+static int cmp_qpair(const void *a, const void *b)
+{
+    const qpair *x = (const qpair *)a, *y = (const qpair *)b;
+    return (x->id > y->id) - (x->id < y->id);
+}
+
+static int cmp_u32(const void *a, const void *b)
+{
+    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+    return (x > y) - (x < y);
+}
+
+static const kd__spx_term *lookup(const kd__spx_field *f, uint32_t t)
+{
+    size_t lo = 0, hi = f->nterms;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        if (f->terms[mid].term < t) lo = mid + 1;
+        else hi = mid;
+    }
+    return lo < f->nterms && f->terms[lo].term == t ? &f->terms[lo] : NULL;
+}
+
+static void cur_open(cursor *c, const kd__spx_field *f, const kd__spx_term *t, int kind)
+{
+    c->f = f;
+    c->t = t;
+    c->kind = kind;
+    c->blocks = f->blocks + t->first_block;
+    c->nb = (uint32_t)((t->df + KD_SPX_BLOCK - 1) / KD_SPX_BLOCK);
+    c->sblk = 0;
+    cur_decode(c, 0);
+}
+
+kd_status kd__spx_search_core(const kd_sparse_index *idx, const kd_sparse_search_config *cfg,
+                              kd__spx_scratch *s, const uint32_t *term_ids, const float *weights,
+                              size_t nnz, const uint32_t *tokens, size_t ntokens, size_t k,
+                              uint32_t *out_ids, float *out_scores, size_t *out_count,
+                              const char **why)
+{
+    *why = "";
+    if ((nnz && (!term_ids || !weights)) || (ntokens && !tokens)) {
+        *why = "NULL query arrays with a non-zero length";
+        return KD_E_INVALID;
+    }
+    if (k && !out_ids) {
+        *why = "out_ids is NULL";
+        return KD_E_INVALID;
+    }
+    if (nnz + ntokens > s->cap_terms || nnz + ntokens < nnz) {
+        *why = "query larger than the scratch it was given";
+        return KD_E_INTERNAL;
+    }
+    for (size_t i = 0; i < nnz; i++)
+        if (!isfinite(weights[i]) || weights[i] < 0.0f) {
+            *why = "query weights must be finite and >= 0";
+            return KD_E_INVALID;
+        }
+    size_t kk = k < idx->n_docs ? k : idx->n_docs;
+    if (kk > s->cap_k || (cfg->algo == KD_SPARSE_EXHAUSTIVE && s->cap_docs < idx->n_docs)) {
+        *why = "k larger than the scratch it was given";
+        return KD_E_INTERNAL;
+    }
+    *out_count = 0;
+    sparams sp;
+    memset(&sp, 0, sizeof sp);
+    sp.dtab = idx->docs;
+    size_t n = 0;
+    /* learned part: merge duplicates, drop zeros and unknown terms */
+    if (cfg->weight_sparse > 0.0f && nnz) {
+        for (size_t i = 0; i < nnz; i++) {
+            s->qp[i].id = term_ids[i];
+            s->qp[i].w = weights[i];
+        }
+        qsort(s->qp, nnz, sizeof *s->qp, cmp_qpair);
+        size_t m = 0;
+        for (size_t i = 0; i < nnz;) {
+            uint32_t t = s->qp[i].id;
+            double w = 0.0;
+            while (i < nnz && s->qp[i].id == t) w += s->qp[i++].w;
+            if (w > 0.0) {
+                s->qp[m].id = t;
+                s->qp[m].w = (float)w;
+                if (!isfinite(s->qp[m].w)) {
+                    *why = "query weight overflows";
+                    return KD_E_INVALID;
+                }
+                m++;
+            }
+        }
+        double qmax = 0.0;
+        for (size_t i = 0; i < m; i++)
+            if (lookup(&idx->f[0], s->qp[i].id) && s->qp[i].w > qmax) qmax = s->qp[i].w;
+        if (qmax > 0.0) {
+            sp.unit = (double)cfg->weight_sparse * (double)idx->scale * qmax / 65535.0;
+            for (size_t i = 0; i < m; i++) {
+                const kd__spx_term *t = lookup(&idx->f[0], s->qp[i].id);
+                if (!t) continue;
+                cursor *c = &s->cur[n++];
+                double q = 65535.0 * (double)s->qp[i].w / qmax + 0.5;
+                c->qq = q >= 65535.0 ? 65535u : (uint32_t)q;
+                if (c->qq < 1) c->qq = 1;
+                cur_open(c, &idx->f[0], t, 0);
+            }
+        }
+    }
+    /* BM25 part */
+    size_t nslots = 0;
+    if (cfg->weight_bm25 > 0.0f && ntokens) {
+        memcpy(s->qt, tokens, ntokens * sizeof *tokens);
+        qsort(s->qt, ntokens, sizeof *s->qt, cmp_u32);
+        double avgdl = idx->n_docs && idx->total_len ? (double)idx->total_len / idx->n_docs : 1.0;
+        sp.wbm = cfg->weight_bm25;
+        sp.k1 = cfg->bm25_k1;
+        sp.k1p1 = cfg->bm25_k1 + 1.0f;
+        sp.b1 = 1.0f - cfg->bm25_b;
+        sp.bavg = (float)((double)cfg->bm25_b / avgdl);
+        for (size_t i = 0; i < ntokens;) {
+            uint32_t t = s->qt[i];
+            uint32_t qtf = 0;
+            while (i < ntokens && s->qt[i] == t) {
+                qtf++;
+                i++;
+            }
+            const kd__spx_term *tr = lookup(&idx->f[1], t);
+            if (!tr) continue;
+            cursor *c = &s->cur[n++];
+            double N = (double)idx->n_docs, df = (double)tr->df;
+            c->idf = (float)log(1.0 + (N - df + 0.5) / (df + 0.5));
+            c->qtf = (float)qtf;
+            c->slot = (uint32_t)nslots++;
+            cur_open(c, &idx->f[1], tr, 1);
+        }
+    }
+    for (size_t i = 0; i < n; i++)
+        s->cur[i].ub = bound_of(&sp, &s->cur[i], s->cur[i].t->max_val, s->cur[i].t->min_len);
+    /* float rounding of one score: a few ulps per term; this slack is far larger */
+    sp.slack = 1.0 + ldexp((double)(n + 16), -20);
+    if (kk == 0 || n == 0) return KD_OK;
+    if (cfg->algo == KD_SPARSE_EXHAUSTIVE) {
+        size_t nt = run_exhaustive(&sp, s, n, idx->n_docs);
+        size_t m = nt < kk ? nt : kk;
+        for (size_t i = 0; i < m; i++) {
+            out_ids[i] = idx->docs[s->all[i].d].ext_id;
+            if (out_scores) out_scores[i] = s->all[i].s;
+        }
+        *out_count = m;
+        return KD_OK;
+    }
+    heap hp = {s->heap, 0, kk};
+    if (cfg->algo == KD_SPARSE_BMW) run_bmw(&sp, s, n, &hp, nslots);
+    else run_maxscore(&sp, s, n, &hp, nslots);
+    qsort(hp.h, hp.n, sizeof *hp.h, better_first);
+    for (size_t i = 0; i < hp.n; i++) {
+        out_ids[i] = idx->docs[hp.h[i].d].ext_id;
+        if (out_scores) out_scores[i] = hp.h[i].s;
+    }
+    *out_count = hp.n;
+    return KD_OK;
+}
+
+kd_status kd_sparse_index_search(kd_context *ctx, const kd_sparse_index *idx,
+                                 const kd_sparse_search_config *cfg, const uint32_t *term_ids,
+                                 const float *weights, size_t nnz, const uint32_t *tokens,
+                                 size_t ntokens, size_t k, uint32_t *out_ids, float *out_scores,
+                                 size_t *out_count)
+{
+    if (!idx) return kd__fail(ctx, KD_E_INVALID, "kd_sparse_index_search: index is NULL");
+    if (!ctx) ctx = idx->ctx;
+    if (!out_count) return kd__fail(ctx, KD_E_INVALID, "kd_sparse_index_search: out_count is NULL");
+    kd_sparse_search_config c;
+    kd_status st = kd__spx_search_config(ctx, cfg, &c);
+    if (st != KD_OK) return st;
+    if (nnz > SIZE_MAX / 2 || ntokens > SIZE_MAX / 2)
+        return kd__fail(ctx, KD_E_OVERFLOW, "kd_sparse_index_search: query too long");
+    kd__spx_scratch *s = NULL;
+    st = kd__spx_scratch_create(ctx, idx, nnz + ntokens, k, c.algo == KD_SPARSE_EXHAUSTIVE, &s);
+    if (st != KD_OK) return st;
+    const char *why = "";
+    st = kd__spx_search_core(idx, &c, s, term_ids, weights, nnz, tokens, ntokens, k, out_ids,
+                             out_scores, out_count, &why);
+    kd__spx_scratch_destroy(ctx, s);
+    if (st != KD_OK) return kd__fail(ctx, st, "kd_sparse_index_search: %s", why);
+    return KD_OK;
+}
