@@ -11,6 +11,7 @@
 #include "kd_loss.h"
 #include "kd_distill.h"
 #include "kd_safetensors.h"
+#include "kd_checkpoint.h"
 #include "kd_retrieval.h"
 
 #endif /* KD_H */

@@ -145,9 +145,10 @@ KD_API kd_status kd_safetensors_data_f32(const kd_safetensors *st, size_t index,
 /**
  * Copies tensor `index` into dst (count floats, caller-owned), converting F32,
  * F16 and BF16 exactly (F16 subnormals, infinities and NaN included; NaN
- * payloads are kept). count must equal the tensor's numel (KD_E_SHAPE
- * otherwise); other dtypes give KD_E_UNSUPPORTED. dst may be unaligned
- * relative to the file.
+ * payloads are kept), and F64 and the integer and BOOL dtypes rounded to the
+ * nearest float (integers exact up to 2^24: PyTorch stores batch norm's
+ * num_batches_tracked as I64). count must equal the tensor's numel
+ * (KD_E_SHAPE otherwise); FP8 gives KD_E_UNSUPPORTED. dst may be unaligned relative to the file.
  */
 KD_API kd_status kd_safetensors_read_f32(const kd_safetensors *st, size_t index, float *dst,
                                          size_t count);

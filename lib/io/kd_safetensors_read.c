@@ -645,9 +645,33 @@ kd_status kd_safetensors_read_f32(const kd_safetensors *st, size_t index, float 
         for (size_t i = 0; i < n; i++, p += 2)
             dst[i] = bits_to_f32(((uint32_t)p[0] | (uint32_t)p[1] << 8) << 16);
         return KD_OK;
+    case KD_ST_F64: case KD_ST_I64: case KD_ST_I32: case KD_ST_I16: case KD_ST_I8:
+    case KD_ST_U8: case KD_ST_BOOL: case KD_ST_U16: case KD_ST_U32: case KD_ST_U64: {
+        /* Rounded to the nearest float: integers are exact up to 2^24 (what
+         * PyTorch's int64 num_batches_tracked holds in practice). */
+        size_t w = kd_st_dtype_size(t->dtype);
+        for (size_t i = 0; i < n; i++, p += w) {
+            uint64_t u = 0;
+            for (size_t b = 0; b < w; b++) u |= (uint64_t)p[b] << (8 * b);
+            switch (t->dtype) {
+            case KD_ST_F64: {
+                double d;
+                memcpy(&d, &u, 8);
+                dst[i] = (float)d;
+                break;
+            }
+            case KD_ST_I64: dst[i] = (float)(int64_t)u; break;
+            case KD_ST_I32: dst[i] = (float)(int32_t)(uint32_t)u; break;
+            case KD_ST_I16: dst[i] = (float)(int16_t)(uint16_t)u; break;
+            case KD_ST_I8: dst[i] = (float)(int8_t)(uint8_t)u; break;
+            default: dst[i] = (float)u; break; /* unsigned and BOOL */
+            }
+        }
+        return KD_OK;
+    }
     default:
         return kd__fail(st->ctx, KD_E_UNSUPPORTED,
-                        "safetensors: tensor '%s' is %s; only F32, F16 and BF16 convert to float",
+                        "safetensors: tensor '%s' is %s, which does not convert to float",
                         t->name, kd_st_dtype_name(t->dtype));
     }
 }
