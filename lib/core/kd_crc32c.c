@@ -2,11 +2,12 @@
 #include "kd_internal.h"
 
 static uint32_t kd_crc_table[8][256];
-static int kd_crc_ready;
+/* 0: not built, 1: being built by one thread, 2: ready. A compare-and-swap
+ * picks the builder; others wait for it (firmware builds are single-threaded
+ * and never wait). No pthreads, so the core stays freestanding. */
+static int kd_crc_state;
 
-/* The table is a pure function of the polynomial; building it twice from two
- * threads writes the same values, so the race is benign. */
-static void kd_crc_init(void)
+static void kd_crc_build(void)
 {
     for (uint32_t i = 0; i < 256; i++) {
         uint32_t c = i;
@@ -20,12 +21,24 @@ static void kd_crc_init(void)
             kd_crc_table[t][i] = c;
         }
     }
-    __atomic_store_n(&kd_crc_ready, 1, __ATOMIC_RELEASE);
+}
+
+static void kd_crc_init(void)
+{
+    int expected = 0;
+    if (__atomic_compare_exchange_n(&kd_crc_state, &expected, 1, 0, __ATOMIC_ACQUIRE,
+                                    __ATOMIC_ACQUIRE)) {
+        kd_crc_build();
+        __atomic_store_n(&kd_crc_state, 2, __ATOMIC_RELEASE);
+        return;
+    }
+    while (__atomic_load_n(&kd_crc_state, __ATOMIC_ACQUIRE) != 2) {
+    }
 }
 
 uint32_t kd_crc32c(uint32_t crc, const void *data, size_t size)
 {
-    if (!__atomic_load_n(&kd_crc_ready, __ATOMIC_ACQUIRE)) kd_crc_init();
+    if (__atomic_load_n(&kd_crc_state, __ATOMIC_ACQUIRE) != 2) kd_crc_init();
     const unsigned char *p = (const unsigned char *)data;
     if (!p) return crc;
     crc = ~crc;

@@ -113,6 +113,18 @@ char *kd__strdup(kd_context *ctx, const char *s);
 
 /* ---- numerics -------------------------------------------------------- */
 
+/* Compile a hot function for the x86-64-v4 (AVX-512), x86-64-v3 (AVX2+FMA)
+ * and baseline levels, chosen at load time. Feature levels, not
+ * "arch=<cpu>" clones: those dispatch on the CPU model and leave e.g. an AMD
+ * Zen 4 on SSE2. Off under ThreadSanitizer, whose runtime is not ready when
+ * the loader runs ifunc resolvers, and off outside GCC on x86-64. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
+    !defined(__SANITIZE_THREAD__) && !defined(KD_EMBEDDED)
+#define KD_TARGET_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define KD_TARGET_CLONES
+#endif
+
 /* Row-major GEMM without argument checks (callers validated shapes). */
 void kd__gemm(kd_context *ctx, int transa, int transb, size_t m, size_t n, size_t k,
               float alpha, const float *a, size_t lda, const float *b, size_t ldb,

@@ -18,11 +18,7 @@
  * about passing 64-byte vectors does not apply. */
 #pragma GCC diagnostic ignored "-Wpsabi"
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define KD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define KD_CLONES
-#endif
+#define KD_CLONES KD_TARGET_CLONES
 #define KD_INLINE static inline __attribute__((always_inline))
 
 typedef float v16 __attribute__((vector_size(64)));
