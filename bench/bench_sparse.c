@@ -6,8 +6,14 @@
  *
  * Data: vocabulary of 30,000 terms with Zipf(1) frequencies; documents of
  * about 120 distinct terms with weights 0.05 + 3 u^2 (u uniform); queries of
- * about 25 terms drawn the same way. BM25: each document also carries ~60
- * tokens from a Zipf(1) vocabulary of 30,000, queries ~6 tokens.
+ * about 25 terms drawn the same way ("zipf" queries, cases sparse_<algo>:
+ * dominated by near-universal head terms with large weights, the worst case
+ * for pruning). BM25: each document also carries ~60 tokens from a Zipf(1)
+ * vocabulary of 30,000, queries ~6 tokens.
+ * "docq" queries (cases sparse_docq_<algo>): the terms follow the document
+ * term distribution as real queries do: 25 terms (6 tokens) drawn from one
+ * indexed document, weighted as a SPLADE/IDF query weights them,
+ * (0.05 + 3 u^2) * idf(t) / max idf, so near-universal terms weigh little.
  *
  *   bench_sparse                 200,000 docs (builds in well under a minute)
  *   bench_sparse --docs 1000000  the 1M-document scale of the issue
@@ -157,6 +163,13 @@ int main(int argc, char **argv)
     uint32_t terms[200], toks[200];
     float w[200];
     double gen = 0.0, t0 = bench_now();
+    uint32_t *df = calloc(V, sizeof *df);
+    const size_t keep_every = ndocs / nq > 0 ? ndocs / nq : 1;
+    uint32_t *kept_t = malloc((ndocs / keep_every + 1) * 200 * sizeof *kept_t);
+    uint32_t *kept_k = malloc((ndocs / keep_every + 1) * 200 * sizeof *kept_k);
+    size_t *kept_n = calloc(ndocs / keep_every + 1, sizeof *kept_n);
+    size_t *kept_m = calloc(ndocs / keep_every + 1, sizeof *kept_m);
+    size_t nkept = 0;
     for (size_t d = 0; d < ndocs; d++) {
         double g0 = bench_now();
         size_t nnz = 90 + kd_rng_below(&r, 61); /* ~120 */
@@ -167,6 +180,13 @@ int main(int argc, char **argv)
         }
         size_t nt = 30 + kd_rng_below(&r, 61);
         for (size_t j = 0; j < nt; j++) toks[j] = tperm[zipf_draw(&z, &r)];
+        for (size_t j = 0; j < nnz; j++) df[terms[j]]++; /* repeats: close enough for weights */
+        if (d % keep_every == 0) {
+            memcpy(kept_t + nkept * 200, terms, nnz * sizeof *terms);
+            memcpy(kept_k + nkept * 200, toks, nt * sizeof *toks);
+            kept_n[nkept] = nnz;
+            kept_m[nkept++] = nt;
+        }
         gen += bench_now() - g0;
         if (kd_sparse_index_builder_add(b, (uint32_t)d, terms, w, nnz, toks, nt) != KD_OK) return 1;
     }
@@ -207,23 +227,51 @@ int main(int argc, char **argv)
         for (size_t j = 0; j < m; j++) q.tk[q.to[i] + j] = tperm[zipf_draw(&z, &r)];
         q.to[i + 1] = q.to[i] + m;
     }
+    qset dq;
+    dq.n = nq;
+    dq.qo = malloc((nq + 1) * sizeof *dq.qo);
+    dq.to = malloc((nq + 1) * sizeof *dq.to);
+    dq.qt = malloc(nq * 40 * sizeof *dq.qt);
+    dq.qw = malloc(nq * 40 * sizeof *dq.qw);
+    dq.tk = malloc(nq * 10 * sizeof *dq.tk);
+    dq.qo[0] = dq.to[0] = 0;
+    const double maxidf = log((double)ndocs + 1.0);
+    for (size_t i = 0; i < nq; i++) {
+        size_t src = kd_rng_below(&r, (uint32_t)nkept);
+        size_t n = 20 + kd_rng_below(&r, 11);
+        for (size_t j = 0; j < n; j++) {
+            uint32_t t = kept_t[src * 200 + kd_rng_below(&r, (uint32_t)kept_n[src])];
+            float u = kd_rng_uniform(&r);
+            double idf = log(((double)ndocs + 1.0) / ((double)df[t] + 0.5));
+            if (idf < 0.01) idf = 0.01;
+            dq.qt[dq.qo[i] + j] = t;
+            dq.qw[dq.qo[i] + j] = (float)((0.05 + 3.0 * u * u) * idf / maxidf);
+        }
+        dq.qo[i + 1] = dq.qo[i] + n;
+        size_t m = 4 + kd_rng_below(&r, 5);
+        for (size_t j = 0; j < m; j++) dq.tk[dq.to[i] + j] = kept_k[src * 200 + kd_rng_below(&r, (uint32_t)kept_m[src])];
+        dq.to[i + 1] = dq.to[i] + m;
+    }
     uint32_t *rid = malloc(nq * 10 * 4);
     float *rsc = malloc(nq * 10 * 4);
     size_t *rn = malloc(nq * sizeof *rn);
-    const struct { const char *tag; float ws, wb; } modes[] = {{"", 1, 0}, {"bm25_", 0, 1}, {"hybrid_", 1, 1}};
-    for (int m = 0; m < 3; m++) {
+    const struct { const char *tag; float ws, wb; int docq; } modes[] = {
+        {"", 1, 0, 0}, {"bm25_", 0, 1, 0}, {"hybrid_", 1, 1, 0},
+        {"docq_", 1, 0, 1}, {"docq_bm25_", 0, 1, 1}, {"docq_hybrid_", 1, 1, 1}};
+    for (int m = 0; m < 6; m++) {
         char nm[64];
+        const qset *qs = modes[m].docq ? &dq : &q;
         snprintf(nm, sizeof nm, "%sexhaustive", modes[m].tag);
-        run_case(ctx, idx, nm, KD_SPARSE_EXHAUSTIVE, &q, nqx, modes[m].ws, modes[m].wb, ndocs, rid, rsc, rn, 1);
+        run_case(ctx, idx, nm, KD_SPARSE_EXHAUSTIVE, qs, nqx, modes[m].ws, modes[m].wb, ndocs, rid, rsc, rn, 1);
         snprintf(nm, sizeof nm, "%smaxscore", modes[m].tag);
-        run_case(ctx, idx, nm, KD_SPARSE_MAXSCORE, &q, nqx, modes[m].ws, modes[m].wb, ndocs, rid, rsc, rn, 0);
+        run_case(ctx, idx, nm, KD_SPARSE_MAXSCORE, qs, nqx, modes[m].ws, modes[m].wb, ndocs, rid, rsc, rn, 0);
         snprintf(nm, sizeof nm, "%sbmw", modes[m].tag);
-        run_case(ctx, idx, nm, KD_SPARSE_BMW, &q, nqx, modes[m].ws, modes[m].wb, ndocs, rid, rsc, rn, 0);
+        run_case(ctx, idx, nm, KD_SPARSE_BMW, qs, nqx, modes[m].ws, modes[m].wb, ndocs, rid, rsc, rn, 0);
         if (nq > nqx) { /* more queries for the fast paths, MaxScore as reference */
             snprintf(nm, sizeof nm, "%smaxscore", modes[m].tag);
-            run_case(ctx, idx, nm, KD_SPARSE_MAXSCORE, &q, nq, modes[m].ws, modes[m].wb, ndocs, rid, rsc, rn, 1);
+            run_case(ctx, idx, nm, KD_SPARSE_MAXSCORE, qs, nq, modes[m].ws, modes[m].wb, ndocs, rid, rsc, rn, 1);
             snprintf(nm, sizeof nm, "%sbmw", modes[m].tag);
-            run_case(ctx, idx, nm, KD_SPARSE_BMW, &q, nq, modes[m].ws, modes[m].wb, ndocs, rid, rsc, rn, 0);
+            run_case(ctx, idx, nm, KD_SPARSE_BMW, qs, nq, modes[m].ws, modes[m].wb, ndocs, rid, rsc, rn, 0);
         }
     }
     /* batch throughput over threads */

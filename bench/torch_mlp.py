@@ -1,5 +1,11 @@
 #!/usr/bin/python3
-"""PyTorch anchor for bench/bench_mlp.c (same cases, one thread, AdamW)."""
+"""PyTorch anchor for bench/bench_mlp.c (same cases, one thread, AdamW).
+
+usage: /usr/bin/python3 bench/torch_mlp.py [--min-seconds S] [--reps R] [--cpu] [case ...]
+Prints `bench=<case> torch_ms=<median ms per step>` per case (all when none
+named). --cpu times with the thread's CPU clock, like bench_mlp --cpu.
+"""
+import argparse
 import statistics
 import time
 
@@ -7,17 +13,26 @@ import torch
 import torch.nn as nn
 
 torch.set_num_threads(1)
+torch.set_num_interop_threads(1)
+
+ap = argparse.ArgumentParser()
+ap.add_argument("--min-seconds", type=float, default=0.3)
+ap.add_argument("--reps", type=int, default=5)
+ap.add_argument("--cpu", action="store_true")
+ap.add_argument("cases", nargs="*")
+args = ap.parse_args()
+clock = time.thread_time if args.cpu else time.perf_counter
 
 
-def timeit(fn, min_seconds=0.3, reps=5):
-    fn()
+def timeit(fn, min_seconds, reps):
     meds = []
     for _ in range(reps):
-        n, t0 = 0, time.perf_counter()
+        fn()
+        n, t0 = 0, clock()
         while True:
             fn()
             n += 1
-            dt = time.perf_counter() - t0
+            dt = clock() - t0
             if dt >= min_seconds:
                 break
         meds.append(dt / n)
@@ -25,6 +40,8 @@ def timeit(fn, min_seconds=0.3, reps=5):
 
 
 def case(name, model, in_shape, batch, train):
+    if args.cases and name not in args.cases:
+        return
     x = torch.rand((batch,) + in_shape)
     if train:
         opt = torch.optim.AdamW(model.parameters())
@@ -41,7 +58,7 @@ def case(name, model, in_shape, batch, train):
         def step():
             with torch.no_grad():
                 model(x)
-    print("bench=%s torch_ms=%.4f" % (name, timeit(step) * 1e3), flush=True)
+    print("bench=%s torch_ms=%.5f" % (name, timeit(step, args.min_seconds, args.reps) * 1e3), flush=True)
 
 
 case("mlp_784_1200_1200_10_train_b128",

@@ -531,6 +531,138 @@ START_TEST(test_nan_inf)
 }
 END_TEST
 
+/* Max pooling on rows wide enough for the vectorised 2x2 path, with many
+ * ties and a few NaNs (those planes take the general scan): values and the
+ * gradient routing must match a plain row-major scan in which the first
+ * strictly larger value wins and a NaN wins over any number (PyTorch). */
+static void naive_maxpool(const float *x, size_t planes, size_t h, size_t w, size_t k, size_t s,
+                          float *y, const float *dy, float *dx)
+{
+    size_t oh = (h - k) / s + 1, ow = (w - k) / s + 1;
+    memset(dx, 0, planes * h * w * sizeof(float));
+    for (size_t p = 0; p < planes; p++)
+        for (size_t i = 0; i < oh; i++)
+            for (size_t j = 0; j < ow; j++) {
+                size_t best = p * h * w + i * s * w + j * s;
+                for (size_t a = 0; a < k; a++)
+                    for (size_t b = 0; b < k; b++) {
+                        size_t q = p * h * w + (i * s + a) * w + j * s + b;
+                        if (x[q] > x[best] || (isnan(x[q]) && !isnan(x[best]))) best = q;
+                    }
+                y[(p * oh + i) * ow + j] = x[best];
+                dx[best] += dy[(p * oh + i) * ow + j];
+            }
+}
+
+START_TEST(test_maxpool_paths)
+{
+    static const char *const specs[] = {"input 3x6x40; maxpool 2", "input 3x5x41; maxpool 2",
+                                        "input 2x4x34; maxpool 2 stride 2", "input 2x6x36; maxpool 3 stride 2"};
+    static const size_t dims[][5] = {{3, 6, 40, 2, 2}, {3, 5, 41, 2, 2}, {2, 4, 34, 2, 2}, {2, 6, 36, 3, 2}};
+    kd_context *ctx = kd_test_ctx();
+    for (size_t t = 0; t < sizeof specs / sizeof specs[0]; t++) {
+        size_t c = dims[t][0], h = dims[t][1], w = dims[t][2], k = dims[t][3], s = dims[t][4];
+        size_t batch = 2, nx = batch * c * h * w, oh = (h - k) / s + 1, ow = (w - k) / s + 1;
+        size_t ny = batch * c * oh * ow;
+        float *x = malloc(nx * sizeof(float)), *dy = malloc(ny * sizeof(float));
+        float *dx = malloc(nx * sizeof(float)), *rdx = malloc(nx * sizeof(float));
+        float *ry = malloc(ny * sizeof(float));
+        kd_test_fill(x, nx, 0, 4, 77 + t);
+        for (size_t i = 0; i < nx; i++) x[i] = floorf(x[i]) - 1.0f; /* -1..2: many ties */
+        x[h * w + 5] = NAN;                                          /* plane 1 */
+        x[h * w + w + 7] = NAN;
+        x[(2 * c - 1) * h * w + 2] = NAN; /* last plane */
+        for (size_t i = 0; i < ny; i++) dy[i] = (float)(i % 97) + 1.0f;
+        naive_maxpool(x, batch * c, h, w, k, s, ry, dy, rdx);
+        kd_model *m;
+        ck_assert_int_eq(kd_model_create_from_spec(ctx, specs[t], &m), KD_OK);
+        const float *y;
+        for (int mode = 0; mode < 2; mode++) {
+            ck_assert_int_eq(kd_model_forward(m, mode ? KD_MODE_TRAIN : KD_MODE_INFER, x, nx, batch, &y), KD_OK);
+            for (size_t i = 0; i < ny; i++)
+                ck_assert_msg((isnan(y[i]) && isnan(ry[i])) || y[i] == ry[i], "%s: y[%zu] = %g, want %g",
+                              specs[t], i, y[i], ry[i]);
+        }
+        ck_assert_int_eq(kd_model_backward(m, dy, ny, dx, nx), KD_OK);
+        for (size_t i = 0; i < nx; i++)
+            ck_assert_msg(dx[i] == rdx[i], "%s: dx[%zu] = %g, want %g", specs[t], i, dx[i], rdx[i]);
+        kd_model_destroy(m);
+        free(x);
+        free(dy);
+        free(dx);
+        free(rdx);
+        free(ry);
+    }
+    kd_context_destroy(ctx);
+}
+END_TEST
+
+/* Convolution runs one GEMM per chunk of samples (the whole batch unless the
+ * column buffer would pass kd__conv_chunk_floats). With the limit lowered so
+ * that a chunk holds two samples, batch 5 runs chunks of 2, 2 and 1: outputs
+ * and gradients must equal those of five batch-1 calls (which take the path
+ * without the transposing copies). */
+extern size_t kd__conv_chunk_floats;
+
+START_TEST(test_conv_chunks)
+{
+    static const char *const specs[] = {"input 2x10x9; conv 3 3 stride 1 pad 1",
+                                        "input 3x11x10; conv 4 3 stride 2 pad 2 nobias"};
+    size_t saved_limit = kd__conv_chunk_floats;
+    for (size_t t = 0; t < 2; t++) {
+        kd_context *ctx = kd_test_ctx();
+        kd_model *m;
+        ck_assert_int_eq(kd_model_create_from_spec(ctx, specs[t], &m), KD_OK);
+        size_t s[4], rank_n = 1, n_out;
+        uint32_t rank;
+        ck_assert_int_eq(kd_model_input_shape(m, s, &rank, NULL), KD_OK);
+        for (uint32_t i = 0; i < rank; i++) rank_n *= s[i];
+        ck_assert_int_eq(kd_model_output_shape(m, NULL, NULL, &n_out), KD_OK);
+        size_t n_in = rank_n, batch = 5, ckk = s[0] * 9, oc = t ? 4 : 3, ohw = n_out / oc;
+        kd__conv_chunk_floats = 2 * (ckk + oc) * ohw + 7; /* two samples per chunk */
+        float *x = malloc(batch * n_in * sizeof(float)), *dy = malloc(batch * n_out * sizeof(float));
+        float *dx = malloc(batch * n_in * sizeof(float)), *dx1 = malloc(n_in * sizeof(float));
+        float *yb = malloc(batch * n_out * sizeof(float));
+        kd_test_fill(x, batch * n_in, -1, 1, 5 + t);
+        kd_test_fill(dy, batch * n_out, -1, 1, 6 + t);
+        const float *y;
+        float *g, gb[128], gs[128] = {0};
+        size_t ng, nt = kd_model_tensor_count(m), tot = 0;
+        ck_assert_int_eq(kd_model_zero_grad(m), KD_OK);
+        ck_assert_int_eq(kd_model_forward(m, KD_MODE_TRAIN, x, batch * n_in, batch, &y), KD_OK);
+        memcpy(yb, y, batch * n_out * sizeof(float));
+        ck_assert_int_eq(kd_model_backward(m, dy, batch * n_out, dx, batch * n_in), KD_OK);
+        for (size_t i = 0; i < nt; i++) {
+            ck_assert_int_eq(kd_model_tensor_grad(m, i, &g, &ng), KD_OK);
+            ck_assert_uint_le(tot + ng, 128);
+            memcpy(gb + tot, g, ng * sizeof(float));
+            tot += ng;
+        }
+        for (size_t n = 0; n < batch; n++) {
+            ck_assert_int_eq(kd_model_zero_grad(m), KD_OK);
+            ck_assert_int_eq(kd_model_forward(m, KD_MODE_TRAIN, x + n * n_in, n_in, 1, &y), KD_OK);
+            kd_assert_close(y, yb + n * n_out, n_out, 1e-6, 1e-5);
+            ck_assert_int_eq(kd_model_backward(m, dy + n * n_out, n_out, dx1, n_in), KD_OK);
+            kd_assert_close(dx1, dx + n * n_in, n_in, 1e-6, 1e-5);
+            for (size_t i = 0, o = 0; i < nt; i++) {
+                ck_assert_int_eq(kd_model_tensor_grad(m, i, &g, &ng), KD_OK);
+                for (size_t j = 0; j < ng; j++) gs[o + j] += g[j];
+                o += ng;
+            }
+        }
+        kd_assert_close(gb, gs, tot, 1e-4, 1e-4);
+        kd_model_destroy(m);
+        kd_context_destroy(ctx);
+        kd__conv_chunk_floats = saved_limit;
+        free(x);
+        free(dy);
+        free(dx);
+        free(dx1);
+        free(yb);
+    }
+}
+END_TEST
+
 /* Inference from a fixed arena: no malloc; workspace_size is enough. */
 START_TEST(test_arena)
 {
@@ -593,6 +725,8 @@ Suite *kd_test_suite(void)
     tcase_add_test(tc, test_determinism);
     tcase_add_test(tc, test_nan_inf);
     tcase_add_test(tc, test_arena);
+    tcase_add_test(tc, test_maxpool_paths);
+    tcase_add_test(tc, test_conv_chunks);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -193,6 +193,45 @@ START_TEST(prune_and_dense)
 }
 END_TEST
 
+/* Top-k selection against a brute-force reference on random vectors with
+ * many ties: entry e is kept iff fewer than k entries beat it (larger weight,
+ * or equal weight and smaller id). */
+START_TEST(prune_random_vs_reference)
+{
+    kd_context *ctx = kd_test_ctx();
+    kd_rng r;
+    kd_rng_seed(&r, 42, 1);
+    static uint32_t ids[600], ids0[600];
+    static float w[600], w0[600];
+    for (int trial = 0; trial < 200; trial++) {
+        size_t n = kd_rng_below(&r, 600);
+        size_t k = kd_rng_below(&r, 40);
+        if (trial % 7 == 0) k = n + kd_rng_below(&r, 3);
+        for (size_t i = 0; i < n; i++) {
+            ids0[i] = ids[i] = (uint32_t)(i * 7919u % 100003u); /* distinct */
+            w0[i] = w[i] = (float)kd_rng_below(&r, trial % 2 ? 5 : 1000) * 0.25f;
+        }
+        size_t out = 0;
+        ck_assert_int_eq(kd_sparse_topk_prune(ctx, ids, w, n, k, &out), KD_OK);
+        ck_assert_uint_eq(out, k < n ? k : n);
+        size_t expect = 0;
+        for (size_t e = 0; e < n; e++) {
+            size_t beat = 0;
+            for (size_t j = 0; j < n; j++)
+                beat += w0[j] > w0[e] || (w0[j] == w0[e] && ids0[j] < ids0[e]);
+            if (beat >= k) continue;
+            expect++;
+            int found = 0;
+            for (size_t j = 0; j < out; j++) found |= ids[j] == ids0[e] && w[j] == w0[e];
+            ck_assert_msg(found, "trial %d: entry %u (%g) missing", trial, ids0[e], (double)w0[e]);
+        }
+        ck_assert_uint_eq(expect, out);
+        for (size_t j = 1; j < out; j++) ck_assert_uint_lt(ids[j - 1], ids[j]);
+    }
+    kd_context_destroy(ctx);
+}
+END_TEST
+
 Suite *kd_test_suite(void)
 {
     Suite *s = suite_create("retrieval_splade");
@@ -202,6 +241,7 @@ Suite *kd_test_suite(void)
     tcase_add_test(tc, regulariser_gradients);
     tcase_add_test(tc, regulariser_values);
     tcase_add_test(tc, prune_and_dense);
+    tcase_add_test(tc, prune_random_vs_reference);
     suite_add_tcase(s, tc);
     return s;
 }

@@ -10,8 +10,11 @@
 #include "kd_nn.h"
 #include "kd_loss.h"
 #include "kd_distill.h"
+#include "kd_vocab.h"
+#include "kd_cache.h"
 #include "kd_safetensors.h"
 #include "kd_checkpoint.h"
 #include "kd_retrieval.h"
+#include "kd_moe.h"
 
 #endif /* KD_H */

@@ -101,8 +101,25 @@ typedef enum kd_sparse_values {
  * Sparse teacher outputs: k (id, value) slots per row, B x k each. Borrowed
  * for the duration of the call. Fill with kd_sparse_logits_default().
  * Losses announce support with KD_LOSS_IN_TEACHER_SPARSE in their vtable's
- * `accepts`; the built-ins of abi_version 1 use dense teachers only and
- * report KD_E_UNSUPPORTED for a sparse-only teacher.
+ * `accepts`. Built-ins that accept sparse teachers: Hinton (alpha part),
+ * reverse KL, JSD and TAID (mix PROBS) take TOPK rows; Hinton at T = 1 also
+ * takes SAMPLED rows. Others report KD_E_UNSUPPORTED for a sparse-only
+ * teacher.
+ *
+ * TOPK semantics: the k ids (unique per row; -1 slots ignored) and, with
+ * tail_mass, one tail bucket holding every other class form a distribution
+ * over k + 1 buckets (renormalised). At temperature T each bucket's
+ * log-probability is divided by T and the buckets renormalised, the
+ * student's q is bucketed the same way (its tail = 1 - sum over the ids,
+ * floored at 1e-30), and the divergence is taken between the bucket
+ * distributions; the gradient flows to all classes (q_j times the tail's
+ * factor outside the ids). With k = C (every class listed, no tail) this
+ * is the dense loss exactly.
+ * SAMPLED semantics (Sparse Logit Sampling, RS-KD): with N = sum of counts,
+ * the target is phat_i = (counts_i / N) p_i / proposal_i (phat_i =
+ * counts_i / N without a proposal); value sum_i phat_i (log p_i - log q_i)
+ * and gradient q_j sum_i phat_i - phat_j are unbiased estimates of the
+ * forward KL and its gradient. values must be LOGPROB or PROB.
  */
 typedef struct kd_sparse_logits {
     uint32_t struct_size;        /**< sizeof(kd_sparse_logits) */
@@ -360,8 +377,10 @@ KD_API const kd_loss_vtable *kd_loss_skew_reverse_kl(void);
 typedef enum kd_taid_mix {
     /** P_t = (1 - t) stopgrad(Q) + t P (mixture of probabilities). */
     KD_TAID_MIX_PROBS = 0,
-    /** P_t = softmax(((1 - t) stopgrad(s) + t z) / T) (mixture of logits,
-     *  the form written in the TAID paper). */
+    /** P_t = softmax(((1 - t) stopgrad(s) + t z) / T) (mixture of logits:
+     *  the TAID paper's intermediate teacher, "a softmax interpolation of
+     *  detached student logits and teacher logits"; the fused
+     *  vocabulary-scale kernels serve only KD_TAID_MIX_PROBS so far). */
     KD_TAID_MIX_LOGITS = 1
 } kd_taid_mix;
 

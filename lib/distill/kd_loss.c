@@ -3,6 +3,7 @@
  * shared by every loss, dispatch to the vtable's slots.
  */
 #include "kd_loss_internal.h"
+#include "kd_vocab_internal.h"
 
 /* Slots of abi_version 1 end after `param`. */
 #define KD_LOSS_V1_SLOTS 1u
@@ -204,6 +205,12 @@ static kd_status check_array(kd_loss *loss, const char *what, const float *x, si
                         kd_loss_name(loss), what, n, m);
     for (size_t i = 0; i < n; i++) {
         const float *row = x + i * m;
+        size_t ninf = 0;
+        /* Vectorised fast path; the loop below only runs to name a fault. */
+        if (!kd__vocab_scan(row, m, &ninf) && (allow_mask ? ninf < m : ninf == 0)) {
+            if (ninf) loss->masked = 1;
+            continue;
+        }
         size_t finite = 0;
         for (size_t j = 0; j < m; j++) {
             float v = row[j];
@@ -290,6 +297,7 @@ static kd_status check_batch(kd_loss *loss, const kd_loss_batch *b)
     kd_status st;
     int logits = (use & (KD_LOSS_IN_STUDENT_LOGITS | KD_LOSS_IN_TEACHER_LOGITS)) &&
                  (b->student_logits || b->teacher_logits);
+    loss->masked = 0;
     if (logits) {
         if (b->classes == 0) return kd__fail(ctx, KD_E_SHAPE, "%s: classes is 0", nm);
         if (b->teacher_logits && b->teacher_classes && b->teacher_classes != b->classes)

@@ -14,6 +14,7 @@ struct kd_loss {
     kd_context *ctx;
     const kd_loss_vtable *vt;
     void *state;                /* vt->state_size bytes, zeroed at create */
+    int masked;                 /* set by validation: the current batch's logits hold -inf */
 };
 
 /* Copies a built-in's config over its defaulted dst; NULL keeps defaults.

@@ -10,6 +10,7 @@
  * failing call writes nothing.
  */
 #include "kd_loss_internal.h"
+#include "kd_vocab_internal.h"
 
 #define NUMERIC_BAD(loss, i, j, why)                                                        \
     kd__fail((loss)->ctx, KD_E_NUMERIC, "%s: row %zu class %zu: %s", kd_loss_name(loss), (i), \
@@ -38,6 +39,95 @@ static kd_status check_unit(kd_loss *loss, const char *what, float v, int open_l
         return kd__fail(loss->ctx, KD_E_INVALID, "%s: %s must be in %c0, 1%c (got %g)",
                         kd_loss_name(loss), what, open_lo ? '(' : '[', open_hi ? ')' : ']',
                         (double)v);
+    return KD_OK;
+}
+
+/* ---- fused vocabulary-scale path (kd_loss_vocab.c) ------------------------- */
+
+/* 1 when rows of this batch go through the fused kernels. */
+static int use_fused(const kd_loss_batch *b, size_t c)
+{
+    return !b->teacher_logits || c >= KD__VOCAB_FUSED_MIN;
+}
+
+/* Checks that cannot wait for the sweep (a failing call writes nothing):
+ * sparse ids inside the valid classes, a non-empty row, positive draws;
+ * infinite divergences from -inf masks. */
+static kd_status fused_precheck(kd_loss *loss, const kd__div *d, const kd_loss_batch *b,
+                                size_t c)
+{
+    const size_t ld = b->classes;
+    const kd_sparse_logits *sp = b->teacher_logits ? NULL : b->teacher_sparse;
+    if (sp && sp->mode == KD_SPARSE_SAMPLED &&
+        (d->kind != KD__DIV_FKL || d->inv_t != 1.0 || sp->value_kind == KD_SPARSE_LOGIT))
+        return kd__fail(loss->ctx, KD_E_UNSUPPORTED,
+                        "%s: sampled sparse teachers need forward KL (hinton) at temperature 1 "
+                        "and LOGPROB or PROB values", kd_loss_name(loss));
+    for (size_t i = 0; i < b->rows; i++) {
+        if (!kd__row_on(b, i)) continue;
+        const float *srow = b->student_logits + i * ld;
+        if (!sp) {
+            size_t bad = loss->masked ? kd__vocab_mask_bad(d, srow, b->teacher_logits + i * ld, c) : 0;
+            if (bad)
+                return NUMERIC_BAD(loss, i, bad - 1,
+                                   "the divergence is infinite (one side masks a class the other "
+                                   "gives mass)");
+            continue;
+        }
+        if (loss->masked || d->kind == KD__DIV_RKL) { /* full value pass of the row */
+            const char *why = "";
+            double v;
+            kd_status st = kd__vocab_sparse_row(d, srow, c, sp, i, 0, NULL, &v, &why);
+            if (st) return kd__fail(loss->ctx, st, "%s: row %zu: %s", kd_loss_name(loss), i, why);
+            continue;
+        }
+        size_t used = 0;
+        double draws = 0;
+        for (size_t j = 0; j < sp->k; j++) {
+            int32_t id = sp->ids[i * sp->k + j];
+            if (id < 0) continue;
+            if ((size_t)id >= c)
+                return kd__fail(loss->ctx, KD_E_INVALID,
+                                "%s: row %zu: sparse id %d beyond the %zu valid classes",
+                                kd_loss_name(loss), i, (int)id, c);
+            used++;
+            draws += sp->counts ? sp->counts[i * sp->k + j] : 1.0;
+        }
+        if (!used || (sp->mode == KD_SPARSE_SAMPLED && !(draws > 0)))
+            return kd__fail(loss->ctx, KD_E_INVALID, "%s: row %zu: sparse row without ids or draws",
+                            kd_loss_name(loss), i);
+    }
+    return KD_OK;
+}
+
+/* Adds sum_i w_i * factor * T^2 * D_i to *total and, with grad, the
+ * gradient; dense (vectorised) or sparse teacher rows. */
+static kd_status fused_sweep(kd_loss *loss, const kd__div *d, const kd_loss_batch *b, double norm,
+                             double factor, const kd_loss_grad *grad, double *total)
+{
+    const size_t ld = b->classes, c = ld;
+    const double T = 1.0 / d->inv_t;
+    const kd_sparse_logits *sp = b->teacher_logits ? NULL : b->teacher_sparse;
+    kd_status st = fused_precheck(loss, d, b, c);
+    if (st) return st;
+    const int want_g = grad && grad->student_logits && norm > 0;
+    double acc = 0;
+    for (size_t i = 0; i < b->rows; i++) {
+        if (!kd__row_on(b, i)) continue;
+        const float *srow = b->student_logits + i * ld;
+        float *g = want_g ? grad->student_logits + i * ld : NULL;
+        /* T^2 scaling times the 1/T of dz/ds */
+        double coef = want_g ? grad->scale * norm * kd__row_w(b, i) * factor * T : 0, v = 0;
+        if (sp) {
+            const char *why = "";
+            st = kd__vocab_sparse_row(d, srow, c, sp, i, coef, g, &v, &why);
+            if (st) return kd__fail(loss->ctx, st, "%s: row %zu: %s", kd_loss_name(loss), i, why);
+        } else {
+            kd__vocab_dense_row(d, srow, b->teacher_logits + i * ld, c, coef, g, &v);
+        }
+        acc += kd__row_w(b, i) * factor * T * T * v;
+    }
+    *total += acc;
     return KD_OK;
 }
 
@@ -95,13 +185,13 @@ static kd_status ce_compute(kd_loss *loss, void *state, const kd_loss_batch *b, 
                             const kd_loss_grad *grad)
 {
     const ce_state *s = (const ce_state *)state;
-    const size_t c = b->classes;
+    const size_t ld = b->classes, c = ld;
     double eps = s->cfg.label_smoothing;
     double norm = kd__reduce_norm(b, s->cfg.reduction, NULL), total = 0;
     for (size_t i = 0; i < b->rows; i++) {
         if (!kd__row_on(b, i)) continue;
         double l;
-        if (ce_row(b->student_logits + i * c, c, b->labels[i], eps, &l, NULL, 0))
+        if (ce_row(b->student_logits + i * ld, c, b->labels[i], eps, &l, NULL, 0))
             return NUMERIC_BAD(loss, i, (size_t)b->labels[i], "the label's class is masked");
         total += kd__row_w(b, i) * l;
     }
@@ -110,14 +200,15 @@ static kd_status ce_compute(kd_loss *loss, void *state, const kd_loss_batch *b, 
         for (size_t i = 0; i < b->rows; i++) {
             if (!kd__row_on(b, i)) continue;
             double l;
-            ce_row(b->student_logits + i * c, c, b->labels[i], eps, &l,
-                   grad->student_logits + i * c, grad->scale * norm * kd__row_w(b, i));
+            ce_row(b->student_logits + i * ld, c, b->labels[i], eps, &l,
+                   grad->student_logits + i * ld, grad->scale * norm * kd__row_w(b, i));
         }
     return KD_OK;
 }
 
 static const kd_loss_vtable ce_vtable = {
-    1, "cross_entropy", KD_LOSS_IN_STUDENT_LOGITS | KD_LOSS_IN_LABELS, 0, sizeof(ce_state),
+    1, "cross_entropy", KD_LOSS_IN_STUDENT_LOGITS | KD_LOSS_IN_LABELS, 0,
+    sizeof(ce_state),
     ce_create, NULL, ce_compute, NULL, NULL, NULL};
 
 const kd_loss_vtable *kd_loss_cross_entropy(void) { return &ce_vtable; }
@@ -154,28 +245,41 @@ static kd_status hinton_compute(kd_loss *loss, void *state, const kd_loss_batch 
                                 double *value, const kd_loss_grad *grad)
 {
     const hinton_state *s = (const hinton_state *)state;
-    const size_t c = b->classes;
+    const size_t ld = b->classes, c = ld;
     const double T = s->cfg.temperature, inv_t = 1.0 / T, alpha = s->cfg.alpha;
     const double eps = s->cfg.label_smoothing;
     const int hard = alpha < 1.0;
     if (hard && !b->labels)
         return kd__fail(loss->ctx, KD_E_INVALID, "hinton: alpha < 1 needs labels");
     double norm = kd__reduce_norm(b, s->cfg.reduction, NULL), total = 0;
+    const int fused = alpha > 0 && use_fused(b, c);
     for (int pass = 0; pass < 2; pass++) {
         if (pass == 1 && !(grad && grad->student_logits && norm > 0)) break;
+        if (pass == 1 && fused) { /* every failure is known by now */
+            kd__div d = {KD__DIV_FKL, inv_t, 0};
+            kd_status st = fused_sweep(loss, &d, b, norm, alpha, grad, &total);
+            if (st) return st;
+            if (!hard) break;
+        }
         for (size_t i = 0; i < b->rows; i++) {
             if (!kd__row_on(b, i)) continue;
-            const float *srow = b->student_logits + i * c, *trow = b->teacher_logits + i * c;
-            float *g = pass ? grad->student_logits + i * c : NULL;
+            const float *srow = b->student_logits + i * ld;
+            const float *trow = b->teacher_logits ? b->teacher_logits + i * ld : NULL;
+            float *g = pass ? grad->student_logits + i * ld : NULL;
             double coef = pass ? grad->scale * norm * kd__row_w(b, i) : 0;
             double kl = 0, ce = 0;
             size_t bad;
-            if (alpha > 0 &&
+            if (alpha > 0 && !fused &&
                 kd__row_fkl(srow, trow, c, inv_t, &kl, g, coef * alpha * T, &bad))
                 return NUMERIC_BAD(loss, i, bad, "teacher has mass on a class the student masks");
             if (hard && ce_row(srow, c, b->labels[i], eps, &ce, g, coef * (1.0 - alpha)))
                 return NUMERIC_BAD(loss, i, (size_t)b->labels[i], "the label's class is masked");
             if (!pass) total += kd__row_w(b, i) * (alpha * T * T * kl + (1.0 - alpha) * ce);
+        }
+        if (pass == 0 && fused && !(grad && grad->student_logits && norm > 0)) {
+            kd__div d = {KD__DIV_FKL, inv_t, 0};
+            kd_status st = fused_sweep(loss, &d, b, norm, alpha, NULL, &total);
+            if (st) return st;
         }
     }
     *value = total * norm;
@@ -183,7 +287,8 @@ static kd_status hinton_compute(kd_loss *loss, void *state, const kd_loss_batch 
 }
 
 static const kd_loss_vtable hinton_vtable = {
-    1, "hinton", KD_LOSS_IN_STUDENT_LOGITS | KD_LOSS_IN_TEACHER_LOGITS, KD_LOSS_IN_LABELS,
+    1, "hinton", KD_LOSS_IN_STUDENT_LOGITS | KD_LOSS_IN_TEACHER_LOGITS,
+    KD_LOSS_IN_LABELS | KD_LOSS_IN_TEACHER_SPARSE,
     sizeof(hinton_state), hinton_create, NULL, hinton_compute, NULL, NULL, NULL};
 
 const kd_loss_vtable *kd_loss_hinton(void) { return &hinton_vtable; }
@@ -303,18 +408,28 @@ static kd_status div_compute(kd_loss *loss, void *state, const kd_loss_batch *b,
                              const kd_loss_grad *grad)
 {
     const div_state *d = (const div_state *)state;
-    const size_t c = b->classes;
+    const size_t ld = b->classes, c = ld;
     const double T = d->cfg.temperature, inv_t = 1.0 / T;
     double norm = kd__reduce_norm(b, d->cfg.reduction, NULL), total = 0;
+    if ((d->kind == DIV_RKL || d->kind == DIV_JSD) && use_fused(b, c)) {
+        kd__div fd = {d->kind == DIV_RKL ? KD__DIV_RKL : KD__DIV_JSD, inv_t, d->c};
+        kd_status st = fused_sweep(loss, &fd, b, norm, 1.0, grad, &total);
+        if (st) return st;
+        *value = total * norm;
+        return KD_OK;
+    }
+    if (!b->teacher_logits)
+        return kd__fail(loss->ctx, KD_E_UNSUPPORTED, "%s: needs dense teacher logits",
+                        kd_loss_name(loss));
     for (int pass = 0; pass < 2; pass++) {
         if (pass == 1 && !(grad && grad->student_logits && norm > 0)) break;
         for (size_t i = 0; i < b->rows; i++) {
             if (!kd__row_on(b, i)) continue;
             double v = 0;
-            float *g = pass ? grad->student_logits + i * c : NULL;
+            float *g = pass ? grad->student_logits + i * ld : NULL;
             /* T^2 scaling times the 1/T of dz/ds. */
             double coef = pass ? grad->scale * norm * kd__row_w(b, i) * T : 0;
-            size_t bad = div_row(d, b->student_logits + i * c, b->teacher_logits + i * c, c,
+            size_t bad = div_row(d, b->student_logits + i * ld, b->teacher_logits + i * ld, c,
                                  inv_t, &v, g, coef);
             if (bad)
                 return NUMERIC_BAD(loss, i, bad - 1,
@@ -327,14 +442,15 @@ static kd_status div_compute(kd_loss *loss, void *state, const kd_loss_batch *b,
     return KD_OK;
 }
 
-#define DIV_VTABLE(var, nm, create)                                                         \
+#define DIV_VTABLE(var, nm, create, acc)                                                    \
     static const kd_loss_vtable var = {                                                     \
-        1, nm, KD_LOSS_IN_STUDENT_LOGITS | KD_LOSS_IN_TEACHER_LOGITS, KD_LOSS_IN_LABELS,    \
+        1, nm, KD_LOSS_IN_STUDENT_LOGITS | KD_LOSS_IN_TEACHER_LOGITS,                       \
+        KD_LOSS_IN_LABELS | (acc),                               \
         sizeof(div_state), create, NULL, div_compute, NULL, NULL, NULL}
-DIV_VTABLE(rkl_vtable, "reverse_kl", rkl_create);
-DIV_VTABLE(jsd_vtable, "jsd", jsd_create);
-DIV_VTABLE(skl_vtable, "skew_kl", skl_create);
-DIV_VTABLE(srkl_vtable, "skew_reverse_kl", srkl_create);
+DIV_VTABLE(rkl_vtable, "reverse_kl", rkl_create, KD_LOSS_IN_TEACHER_SPARSE);
+DIV_VTABLE(jsd_vtable, "jsd", jsd_create, KD_LOSS_IN_TEACHER_SPARSE);
+DIV_VTABLE(skl_vtable, "skew_kl", skl_create, 0);
+DIV_VTABLE(srkl_vtable, "skew_reverse_kl", srkl_create, 0);
 
 const kd_loss_vtable *kd_loss_reverse_kl(void) { return &rkl_vtable; }
 const kd_loss_vtable *kd_loss_jsd(void) { return &jsd_vtable; }
@@ -438,17 +554,26 @@ static kd_status taid_compute(kd_loss *loss, void *state, const kd_loss_batch *b
                               const kd_loss_grad *grad)
 {
     taid_state *s = (taid_state *)state;
-    const size_t c = b->classes;
+    const size_t ld = b->classes, c = ld;
     const double T = s->cfg.temperature, inv_t = 1.0 / T;
     double norm = kd__reduce_norm(b, s->cfg.reduction, NULL), total = 0;
-    for (int pass = 0; pass < 2; pass++) {
+    const int fusedp = s->cfg.mix == KD_TAID_MIX_PROBS && use_fused(b, c);
+    if (fusedp) {
+        kd__div fd = {KD__DIV_TAID, inv_t, s->t};
+        kd_status st = fused_sweep(loss, &fd, b, norm, 1.0, grad, &total);
+        if (st) return st;
+    } else if (!b->teacher_logits) {
+        return kd__fail(loss->ctx, KD_E_UNSUPPORTED,
+                        "taid: mix LOGITS needs dense teacher logits");
+    }
+    for (int pass = 0; pass < 2 && !fusedp; pass++) {
         if (pass == 1 && !(grad && grad->student_logits && norm > 0)) break;
         for (size_t i = 0; i < b->rows; i++) {
             if (!kd__row_on(b, i)) continue;
             double v = 0;
-            float *g = pass ? grad->student_logits + i * c : NULL;
+            float *g = pass ? grad->student_logits + i * ld : NULL;
             double coef = pass ? grad->scale * norm * kd__row_w(b, i) * T : 0;
-            size_t bad = taid_row(s, b->student_logits + i * c, b->teacher_logits + i * c, c,
+            size_t bad = taid_row(s, b->student_logits + i * ld, b->teacher_logits + i * ld, c,
                                   inv_t, &v, g, coef);
             if (bad)
                 return NUMERIC_BAD(loss, i, bad - 1,
@@ -488,7 +613,8 @@ static kd_status taid_step(kd_loss *loss, void *state, uint64_t step)
 }
 
 static const kd_loss_vtable taid_vtable = {
-    1, "taid", KD_LOSS_IN_STUDENT_LOGITS | KD_LOSS_IN_TEACHER_LOGITS, KD_LOSS_IN_LABELS,
+    1, "taid", KD_LOSS_IN_STUDENT_LOGITS | KD_LOSS_IN_TEACHER_LOGITS,
+    KD_LOSS_IN_LABELS | KD_LOSS_IN_TEACHER_SPARSE,
     sizeof(taid_state), taid_create, NULL, taid_compute, taid_step, NULL, NULL};
 
 const kd_loss_vtable *kd_loss_taid(void) { return &taid_vtable; }
@@ -582,7 +708,7 @@ static kd_status dkd_compute(kd_loss *loss, void *state, const kd_loss_batch *b,
                              const kd_loss_grad *grad)
 {
     const dkd_state *d = (const dkd_state *)state;
-    const size_t c = b->classes;
+    const size_t ld = b->classes, c = ld;
     const double T = d->cfg.temperature, inv_t = 1.0 / T;
     double norm = kd__reduce_norm(b, d->cfg.reduction, NULL), total = 0;
     for (int pass = 0; pass < 2; pass++) {
@@ -590,9 +716,9 @@ static kd_status dkd_compute(kd_loss *loss, void *state, const kd_loss_batch *b,
         for (size_t i = 0; i < b->rows; i++) {
             if (!kd__row_on(b, i)) continue;
             double v = 0;
-            float *g = pass ? grad->student_logits + i * c : NULL;
+            float *g = pass ? grad->student_logits + i * ld : NULL;
             double coef = pass ? grad->scale * norm * kd__row_w(b, i) * T : 0;
-            size_t bad = dkd_row(d, b->student_logits + i * c, b->teacher_logits + i * c, c,
+            size_t bad = dkd_row(d, b->student_logits + i * ld, b->teacher_logits + i * ld, c,
                                  (size_t)b->labels[i], inv_t, &v, g, coef);
             if (bad)
                 return NUMERIC_BAD(loss, i, bad - 1,

@@ -1,6 +1,7 @@
 /* kd_student.c - a model, an optimizer and weighted loss terms; one update per call. */
 #include <math.h>
 
+#include "kd/kd_cache.h"
 #include "kd/kd_distill.h"
 #include "kd_distill_internal.h"
 #include "kd_internal.h"
@@ -103,8 +104,26 @@ kd_status kd_student_add_loss(kd_student *s, kd_loss *loss, float weight, uint32
     return KD_OK;
 }
 
+static kd_status student_step(kd_student *s, const float *x, size_t batch, const int32_t *labels,
+                              const float *teacher_logits, const kd_sparse_logits *teacher_sparse,
+                              kd_step_report *report);
+
 kd_status kd_student_step(kd_student *s, const float *x, size_t batch, const int32_t *labels,
                           const float *teacher_logits, kd_step_report *report)
+{
+    return student_step(s, x, batch, labels, teacher_logits, NULL, report);
+}
+
+/* Declared in kd_cache.h: the same step fed by a sparse teacher (the cache). */
+kd_status kd_student_step_sparse(kd_student *s, const float *x, size_t batch, const int32_t *labels,
+                                 const kd_sparse_logits *teacher, kd_step_report *report)
+{
+    return student_step(s, x, batch, labels, NULL, teacher, report);
+}
+
+static kd_status student_step(kd_student *s, const float *x, size_t batch, const int32_t *labels,
+                              const float *teacher_logits, const kd_sparse_logits *teacher_sparse,
+                              kd_step_report *report)
 {
     if (!s) return KD_E_INVALID;
     kd_context *ctx = s->ctx;
@@ -140,6 +159,7 @@ kd_status kd_student_step(kd_student *s, const float *x, size_t batch, const int
         b.classes = s->classes;
         b.student_logits = y;
         b.teacher_logits = teacher_logits;
+        b.teacher_sparse = teacher_sparse;
         b.labels = (s->terms[i].flags & KD_TERM_NO_LABELS) ? NULL : labels;
         kd_loss_grad g;
         kd_loss_grad_default(&g);

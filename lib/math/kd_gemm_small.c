@@ -18,7 +18,13 @@
  * about passing 64-byte vectors does not apply. */
 #pragma GCC diagnostic ignored "-Wpsabi"
 
+/* fp-contract=fast: in ISO C mode (-std=c11) GCC does not contract, and
+ * acc += a * b stayed a multiply and an add instead of one FMA. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define KD_CLONES KD_TARGET_CLONES __attribute__((optimize("fp-contract=fast")))
+#else
 #define KD_CLONES KD_TARGET_CLONES
+#endif
 #define KD_INLINE static inline __attribute__((always_inline))
 
 typedef float v16 __attribute__((vector_size(64)));
@@ -28,14 +34,21 @@ KD_INLINE v16 ld(const float *p) { return *(const v16u *)p; }
 KD_INLINE void st(float *p, v16 v) { *(v16u *)p = v; }
 KD_INLINE v16 splat(float x) { return (v16){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
 
-/* Pairwise sum of the 16 lanes, always in the same order. */
+/* Pairwise sum of the 16 lanes, always in the same order: lane i + lane
+ * i + w for w = 8, 4, 2, 1, in registers (lane shuffles). */
+#if defined(__clang__)
+#define KD_SHUF(v, ...) __builtin_shufflevector(v, v, __VA_ARGS__)
+#else
+typedef int32_t v16i __attribute__((vector_size(64)));
+#define KD_SHUF(v, ...) __builtin_shuffle(v, (v16i){__VA_ARGS__})
+#endif
 KD_INLINE float hsum(v16 v)
 {
-    float t[16];
-    st(t, v);
-    for (int w = 8; w > 0; w /= 2)
-        for (int i = 0; i < w; i++) t[i] += t[i + w];
-    return t[0];
+    v += KD_SHUF(v, 8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15);
+    v += KD_SHUF(v, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7);
+    v += KD_SHUF(v, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
+    v += KD_SHUF(v, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1);
+    return v[0];
 }
 
 KD_INLINE float finish(float alpha, float acc, float beta, float old)
@@ -109,12 +122,13 @@ KD_INLINE void small_nn_rows(const size_t M, size_t n, size_t k, float alpha, co
 /* C[M x JB] block at column j of C = alpha * A[M x k] * B^T + beta * C, with
  * B stored n x k (a linear layer's weight): dot products of contiguous rows.
  * Two accumulators per (row, column) pair and JB columns at a time keep
- * 4-8 FMA chains in flight. */
+ * 4-8 FMA chains in flight (one row: 4 columns, so that each load of A
+ * serves four FMAs). */
 KD_INLINE void nt_block(const size_t M, const size_t JB, size_t j, size_t k, float alpha,
                         const float *a, size_t lda, const float *b, size_t ldb, float beta,
                         float *c, size_t ldc)
 {
-    v16 acc[KD_GEMM_SMALL_M][2][2];
+    v16 acc[KD_GEMM_SMALL_M][4][2];
     for (size_t i = 0; i < M; i++)
         for (size_t jj = 0; jj < JB; jj++) acc[i][jj][0] = acc[i][jj][1] = splat(0);
     size_t p = 0;
@@ -166,7 +180,7 @@ static void small_nt(size_t m, size_t n, size_t k, float alpha, const float *a, 
                      const float *b, size_t ldb, float beta, float *c, size_t ldc)
 {
     switch (m) {
-    case 1: small_nt_rows(1, 2, n, k, alpha, a, lda, b, ldb, beta, c, ldc); break;
+    case 1: small_nt_rows(1, 4, n, k, alpha, a, lda, b, ldb, beta, c, ldc); break;
     case 2: small_nt_rows(2, 2, n, k, alpha, a, lda, b, ldb, beta, c, ldc); break;
     case 3: small_nt_rows(3, 1, n, k, alpha, a, lda, b, ldb, beta, c, ldc); break;
     default: small_nt_rows(4, 1, n, k, alpha, a, lda, b, ldb, beta, c, ldc); break;

@@ -180,6 +180,18 @@ void kd__layer_destroy(kd_layer *l, kd_context *ctx);
 void kd__layer_workspace(const kd_layer *l, size_t batch, int train, size_t *saved,
                          size_t *scratch);
 
+/* Hot element-wise loops (bias, activations, pooling, im2col, optimizer
+ * updates) are compiled for the x86-64-v4 (AVX-512), x86-64-v3 (AVX2+FMA)
+ * and baseline levels and picked at load time (KD_TARGET_CLONES: feature
+ * levels, never "arch=<cpu>" clones, which dispatch on the CPU model and
+ * would leave an AMD Zen 4 on SSE2). fp-contract=fast lets GCC fuse a * b + c
+ * into an FMA, which ISO C mode (-std=c11) otherwise forbids. */
+#if defined(__GNUC__) && !defined(__clang__)
+#define KD_NN_CLONES KD_TARGET_CLONES __attribute__((optimize("fp-contract=fast")))
+#else
+#define KD_NN_CLONES KD_TARGET_CLONES
+#endif
+
 /* Rounds a float count up to a multiple of 16 (64 bytes). */
 static inline size_t kd__align_floats(size_t n)
 {
@@ -220,7 +232,8 @@ typedef struct kd_layer_kind {
     kd_status (*parse)(kd__spec_parser *p, const kd_shape *in, kd_layer **out);
 } kd_layer_kind;
 
-/* NULL-terminated table of every kind (kd_layer_registry.c). */
+/* NULL-terminated table of every kind. Defined above all layers, in
+ * lib/kd_layer_kinds.c, so nn never names a higher layer's kind. */
 extern const kd_layer_kind *const kd__layer_kinds[];
 
 /* Built-in kinds. */
@@ -228,6 +241,12 @@ extern const kd_layer_kind kd__kind_linear, kd__kind_conv, kd__kind_maxpool, kd_
     kd__kind_flatten, kd__kind_identity, kd__kind_relu, kd__kind_gelu, kd__kind_silu,
     kd__kind_tanh, kd__kind_sigmoid, kd__kind_layernorm, kd__kind_batchnorm,
     kd__kind_dropout, kd__kind_embedding, kd__kind_embeddingbag, kd__kind_residual;
+
+/* Convolution runs one GEMM per chunk of samples whose column buffer stays
+ * within this many floats (2^24; the whole batch in the benchmarks). A
+ * variable only so that tests can force several chunks with small layers;
+ * change it only before a model first runs, never concurrently. */
+extern size_t kd__conv_chunk_floats;
 
 /* Creates an 'identity' layer of shape s (used when folding). */
 kd_status kd__identity_create(kd_context *ctx, const kd_shape *s, kd_layer **out);
@@ -246,5 +265,8 @@ size_t kd__seq_region(kd_layer *const *list, size_t n, size_t batch, int train,
 
 /* The context a model was created from. */
 kd_context *kd__model_context(const kd_model *m);
+/* Top-level layer i of a model, NULL when out of range (lets a higher layer
+ * reach its own kind inside a model, e.g. MoE statistics). */
+kd_layer *kd__model_layer(const kd_model *m, size_t i);
 
 #endif /* KD_LAYER_H */

@@ -48,6 +48,26 @@ static void linear_init(kd_layer *l, kd_rng *rng)
     if (L->has_bias) uniform_fill(l->param + L->out_f * L->in_f, L->out_f, bound, rng);
 }
 
+/* y (rows, out) += b (out) on every row. */
+KD_NN_CLONES
+static void add_bias_rows(float *restrict y, size_t rows, size_t out, const float *restrict b)
+{
+    for (size_t i = 0; i < rows; i++) {
+        float *yr = y + i * out;
+        for (size_t j = 0; j < out; j++) yr[j] += b[j];
+    }
+}
+
+/* db (out) += column sums of dy (rows, out), rows in order. */
+KD_NN_CLONES
+static void sum_rows(float *restrict db, const float *restrict dy, size_t rows, size_t out)
+{
+    for (size_t i = 0; i < rows; i++) {
+        const float *g = dy + i * out;
+        for (size_t j = 0; j < out; j++) db[j] += g[j];
+    }
+}
+
 /*
  * x: (B*R, IN), W: (OUT, IN), b: (OUT) -> y: (B*R, OUT) = x W^T + b
  */
@@ -58,13 +78,7 @@ static kd_status linear_forward(kd_layer *l, const kd_layer_run *r, const kd_lay
     size_t rows = r->batch * L->rows, in = L->in_f, out = L->out_f;
     const float *W = l->param;
     kd__gemm(r->ctx, 0, 1, rows, out, in, 1.0f, x->x, in, W, in, 0.0f, y, out);
-    if (L->has_bias) {
-        const float *b = W + out * in;
-        for (size_t i = 0; i < rows; i++) {
-            float *yr = y + i * out;
-            for (size_t j = 0; j < out; j++) yr[j] += b[j];
-        }
-    }
+    if (L->has_bias) add_bias_rows(y, rows, out, W + out * in);
     return KD_OK;
 }
 
@@ -79,13 +93,7 @@ static kd_status linear_backward(kd_layer *l, const kd_layer_run *r, const kd_la
     size_t rows = r->batch * L->rows, in = L->in_f, out = L->out_f;
     float *dW = l->grad;
     kd__gemm(r->ctx, 1, 0, out, in, rows, 1.0f, dy, out, x->x, in, 1.0f, dW, in);
-    if (L->has_bias) {
-        float *db = dW + out * in;
-        for (size_t i = 0; i < rows; i++) {
-            const float *g = dy + i * out;
-            for (size_t j = 0; j < out; j++) db[j] += g[j];
-        }
-    }
+    if (L->has_bias) sum_rows(dW + out * in, dy, rows, out);
     if (dx) kd__gemm(r->ctx, 0, 0, rows, in, out, 1.0f, dy, out, l->param, in, 0.0f, dx, in);
     return KD_OK;
 }

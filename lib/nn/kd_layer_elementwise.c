@@ -50,6 +50,20 @@ static inline float sigmoidf_(float x)
 #define KD_INV_SQRT_2PI 0.39894228040143267794f
 #define KD_SQRT_2_PI 0.79788456080286535588f
 
+/* ReLU and its gradient, vectorised (NaN passes forward: a <= 0 is false). */
+KD_NN_CLONES
+static void relu_fwd(float *restrict y, const float *restrict a, size_t n)
+{
+    for (size_t i = 0; i < n; i++) y[i] = a[i] <= 0.0f ? 0.0f : a[i];
+}
+
+KD_NN_CLONES
+static void relu_bwd(float *restrict dx, const float *restrict a, const float *restrict dy,
+                     size_t n)
+{
+    for (size_t i = 0; i < n; i++) dx[i] = a[i] > 0.0f ? dy[i] : 0.0f;
+}
+
 /*
  * x: (B, N) -> y: (B, N), y = f(x) element-wise (N = per-sample numel).
  */
@@ -61,7 +75,7 @@ static kd_status elem_forward(kd_layer *l, const kd_layer_run *r, const kd_layer
     const float *a = x->x;
     switch (E->op) {
     case OP_RELU:
-        for (size_t i = 0; i < n; i++) y[i] = a[i] <= 0.0f ? 0.0f : a[i]; /* NaN passes */
+        relu_fwd(y, a, n);
         break;
     case OP_GELU:
         for (size_t i = 0; i < n; i++) y[i] = 0.5f * a[i] * (1.0f + erff(a[i] * KD_SQRT1_2));
@@ -112,7 +126,7 @@ static kd_status elem_backward(kd_layer *l, const kd_layer_run *r, const kd_laye
     const float *a = x->x;
     switch (E->op) {
     case OP_RELU:
-        for (size_t i = 0; i < n; i++) dx[i] = a[i] > 0.0f ? dy[i] : 0.0f;
+        relu_bwd(dx, a, dy, n);
         break;
     case OP_GELU:
         for (size_t i = 0; i < n; i++) {

@@ -322,6 +322,11 @@ kd_context *kd__model_context(const kd_model *m)
     return m->ctx;
 }
 
+kd_layer *kd__model_layer(const kd_model *m, size_t i)
+{
+    return m && i < m->n_layers ? m->layers[i] : NULL;
+}
+
 size_t kd_model_layer_count(const kd_model *m)
 {
     return m ? m->n_layers : 0;

@@ -116,6 +116,45 @@ uint64_t kd_optimizer_steps(const kd_optimizer *o)
     return o ? o->steps : 0;
 }
 
+/* The update loops, vectorised (KD_NN_CLONES; the library is built with
+ * -fno-math-errno, without which sqrtf stays scalar). */
+#define KD_OPT_LOOP KD_NN_CLONES
+
+/* g' = g + wd p; buf = g' (first step) or mu buf + (1 - damp) g';
+ * step = nesterov ? g' + mu buf : buf; p -= lr step */
+KD_OPT_LOOP
+static void sgd_update(float *restrict p, const float *restrict g, float *restrict buf, size_t n,
+                       float lr, float wd, float mu, float damp, int nesterov, int first)
+{
+    if (mu <= 0.0f) {
+        for (size_t i = 0; i < n; i++) p[i] -= lr * (g[i] + wd * p[i]);
+        return;
+    }
+    for (size_t i = 0; i < n; i++) {
+        float d = g[i] + wd * p[i];
+        float b = first ? d : mu * buf[i] + (1.0f - damp) * d;
+        buf[i] = b;
+        p[i] -= lr * (nesterov ? d + mu * b : b);
+    }
+}
+
+/* p *= decay; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
+ * p -= step_size m / (sqrt(v) / bc2_sqrt + eps) */
+KD_OPT_LOOP
+static void adamw_update(float *restrict p, const float *restrict g, float *restrict m,
+                         float *restrict v, size_t n, float decay, float b1, float b2,
+                         float step_size, float bc2_sqrt, float eps)
+{
+    for (size_t i = 0; i < n; i++) {
+        float gi = g[i];
+        float mi = b1 * m[i] + (1.0f - b1) * gi;
+        float vi = b2 * v[i] + (1.0f - b2) * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] = p[i] * decay - step_size * mi / (sqrtf(vi) / bc2_sqrt + eps);
+    }
+}
+
 kd_status kd_optimizer_step(kd_optimizer *o)
 {
     if (!o) return KD_E_INVALID;
@@ -129,19 +168,7 @@ kd_status kd_optimizer_step(kd_optimizer *o)
     o->steps++;
     float lr = c->lr, wd = c->weight_decay;
     if (c->kind == KD_OPTIM_SGD) {
-        /* g' = g + wd p; buf = g' (first step) or mu buf + (1 - damp) g';
-         * step = nesterov ? g' + mu buf : buf; p -= lr step */
-        float mu = c->momentum, damp = c->dampening;
-        int first = o->steps == 1;
-        for (size_t i = 0; i < n; i++) {
-            float d = g[i] + wd * p[i];
-            if (mu > 0.0f) {
-                float b = first ? d : mu * o->m[i] + (1.0f - damp) * d;
-                o->m[i] = b;
-                d = c->nesterov ? d + mu * b : b;
-            }
-            p[i] -= lr * d;
-        }
+        sgd_update(p, g, o->m, n, lr, wd, c->momentum, c->dampening, c->nesterov, o->steps == 1);
         return KD_OK;
     }
     /* AdamW: p *= 1 - lr wd; m = b1 m + (1-b1) g; v = b2 v + (1-b2) g^2;
@@ -150,14 +177,7 @@ kd_status kd_optimizer_step(kd_optimizer *o)
     double t = (double)o->steps;
     float bc1 = (float)(1.0 - pow((double)b1, t)), bc2 = (float)(1.0 - pow((double)b2, t));
     float step_size = lr / bc1, bc2_sqrt = sqrtf(bc2), decay = 1.0f - lr * wd, eps = c->eps;
-    float *m = o->m, *v = o->v;
-    for (size_t i = 0; i < n; i++) {
-        float gi = g[i];
-        p[i] *= decay;
-        m[i] = b1 * m[i] + (1.0f - b1) * gi;
-        v[i] = b2 * v[i] + (1.0f - b2) * gi * gi;
-        p[i] -= step_size * m[i] / (sqrtf(v[i]) / bc2_sqrt + eps);
-    }
+    adamw_update(p, g, o->m, o->v, n, decay, b1, b2, step_size, bc2_sqrt, eps);
     return KD_OK;
 }
 

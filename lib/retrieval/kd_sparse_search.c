@@ -9,9 +9,17 @@
  * (absent terms add +0.0f, which changes nothing). Pruning uses upper bounds
  * in double inflated by a relative slack far larger than float rounding, so
  * a document is skipped only when its exact score cannot beat the current
- * k-th result. Documents are visited in ascending internal number (= doc id
- * order), so a later document with a score equal to the k-th never enters:
- * ties go to the smaller doc id in every algorithm.
+ * k-th result; the heap orders (score desc, doc id asc), so the top-k is
+ * the same whatever order documents are offered in, and ties go to the
+ * smaller doc id in every algorithm.
+ *
+ * Speed. Blocks are skipped through the block table without decoding; a
+ * decoded block's doc gaps are unpacked with one unaligned 64-bit load per
+ * value, and its values (impacts, term frequencies) only when a posting of
+ * the block is scored. MaxScore works on windows of documents (see
+ * run_maxscore); BMW keeps cursors sorted incrementally and caches each
+ * cursor's shallow block bound; the exhaustive oracle scores block by block
+ * into accumulators that it resets only where it wrote.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -26,16 +34,24 @@ typedef struct cursor {
     const kd__spx_field *f;
     const kd__spx_term *t;
     const kd__spx_block *blocks;
+    const unsigned char *pend; /* end of the field's posting bytes */
+    const unsigned char *vp;   /* values of the decoded block: learned impact
+                                  bytes, or BM25 {u8 width, packed tf - 1} */
     int kind;         /* 0 learned, 1 BM25 */
+    int vdec;         /* BM25: vals[] holds the decoded block's tf */
     uint32_t nb;      /* blocks in the list */
     uint32_t blk;     /* decoded block */
-    uint32_t sblk;    /* shallow block (BMW) */
     uint32_t pos, n;  /* position in / size of the decoded block */
     uint32_t doc;     /* current doc or KD_SPX_END */
     uint32_t qq;      /* learned: quantised query weight */
     float idf, qtf;   /* BM25 */
     uint32_t slot;    /* BM25: index in ascending token order */
     double ub;        /* weighted upper bound over the list */
+    double ubk;       /* learned: weighted score per impact unit */
+    /* shallow pointer (block-max bounds without decoding): block sblk covers
+     * docs [s_first, s_last] and bounds them by s_bound; targets only grow */
+    uint32_t sblk, s_first, s_last;
+    double s_bound;
     uint32_t docs[KD_SPX_BLOCK];
     uint32_t vals[KD_SPX_BLOCK];
 } cursor;
@@ -60,10 +76,16 @@ typedef struct qpair {
 
 struct kd__spx_scratch {
     size_t cap_terms, cap_k, cap_docs;
+    uint32_t win;      /* MaxScore window (documents) */
+    int64_t *wisum;    /* [win] */
+    double *west;      /* [win] */
+    uint64_t *wbits;   /* [win / 64] */
+    float *wslot;      /* [win x cap_terms] */
     cursor *cur;
     cursor **ps;
     uint32_t *order;
     double *cum;
+    double *bcum;
     float *slots;
     qpair *qp;
     uint32_t *qt;
@@ -73,7 +95,6 @@ struct kd__spx_scratch {
     float *bacc;
     uint8_t *seen;
     uint32_t *touched;
-    hent *all;
 };
 
 /* ---- configuration ---------------------------------------------------- */
@@ -117,7 +138,6 @@ kd_status kd__spx_search_config(kd_context *ctx, const kd_sparse_search_config *
 void kd__spx_scratch_destroy(kd_context *ctx, kd__spx_scratch *s)
 {
     if (!s) return;
-    kd__free(ctx, s->all);
     kd__free(ctx, s->touched);
     kd__free(ctx, s->seen);
     kd__free(ctx, s->bacc);
@@ -126,6 +146,11 @@ void kd__spx_scratch_destroy(kd_context *ctx, kd__spx_scratch *s)
     kd__free(ctx, s->qt);
     kd__free(ctx, s->qp);
     kd__free(ctx, s->slots);
+    kd__free(ctx, s->wslot);
+    kd__free(ctx, s->wbits);
+    kd__free(ctx, s->west);
+    kd__free(ctx, s->wisum);
+    kd__free(ctx, s->bcum);
     kd__free(ctx, s->cum);
     kd__free(ctx, s->order);
     kd__free(ctx, s->ps);
@@ -148,11 +173,23 @@ kd_status kd__spx_scratch_create(kd_context *ctx, const kd_sparse_index *idx, si
     s->ps = (cursor **)kd__calloc(ctx, nt, sizeof *s->ps);
     s->order = (uint32_t *)kd__calloc(ctx, nt, sizeof *s->order);
     s->cum = (double *)kd__calloc(ctx, nt, sizeof *s->cum);
+    s->bcum = (double *)kd__calloc(ctx, nt, sizeof *s->bcum);
     s->slots = (float *)kd__calloc(ctx, nt, sizeof *s->slots);
     s->qp = (qpair *)kd__calloc(ctx, nt, sizeof *s->qp);
     s->qt = (uint32_t *)kd__calloc(ctx, nt, sizeof *s->qt);
     s->heap = (hent *)kd__calloc(ctx, nk, sizeof *s->heap);
-    int ok = s->cur && s->ps && s->order && s->cum && s->slots && s->qp && s->qt && s->heap;
+    /* MaxScore window: 2048 documents (no more than the index has, rounded
+     * up to 64), fewer for long queries so that the per-(document, BM25
+     * slot) values stay within 64 KiB; all of it zeroed once here */
+    uint32_t win = 2048;
+    while (win > 64 && win / 2 >= idx->n_docs) win /= 2;
+    while (win > 64 && (size_t)win * nt > 16384) win /= 2;
+    s->win = win;
+    s->wisum = (int64_t *)kd__calloc(ctx, win, sizeof *s->wisum);
+    s->west = (double *)kd__calloc(ctx, win, sizeof *s->west);
+    s->wbits = (uint64_t *)kd__calloc(ctx, win / 64, sizeof *s->wbits);
+    s->wslot = (float *)kd__calloc(ctx, (size_t)win * nt, sizeof *s->wslot);
+    int ok = s->wisum && s->west && s->wbits && s->wslot && s->cur && s->ps && s->order && s->cum && s->bcum && s->slots && s->qp && s->qt && s->heap;
     if (ok && exhaustive) {
         size_t nd = idx->n_docs ? idx->n_docs : 1;
         s->cap_docs = idx->n_docs;
@@ -160,8 +197,7 @@ kd_status kd__spx_scratch_create(kd_context *ctx, const kd_sparse_index *idx, si
         s->bacc = (float *)kd__calloc(ctx, nd, sizeof *s->bacc);
         s->seen = (uint8_t *)kd__calloc(ctx, nd, sizeof *s->seen);
         s->touched = (uint32_t *)kd__calloc(ctx, nd, sizeof *s->touched);
-        s->all = (hent *)kd__calloc(ctx, nd, sizeof *s->all);
-        ok = s->isum && s->bacc && s->seen && s->touched && s->all;
+        ok = s->isum && s->bacc && s->seen && s->touched;
     }
     if (!ok) {
         kd__spx_scratch_destroy(ctx, s);
@@ -173,30 +209,59 @@ kd_status kd__spx_scratch_create(kd_context *ctx, const kd_sparse_index *idx, si
 
 /* ---- cursors ---------------------------------------------------------- */
 
+/* Unpacks n values of w bits (LSB first) from p. When at least 8 bytes can be
+ * read from the last byte used on (p + ceil(n w / 8) + 7 <= end), each value
+ * is one unaligned 64-bit load and a shift; otherwise the bytewise decoder. */
+static inline void unpack_fast(const unsigned char *p, const unsigned char *end, uint32_t n,
+                               unsigned w, uint32_t *out)
+{
+    size_t bytes = ((size_t)n * w + 7) / 8;
+    if (w == 0 || w > 32 || (size_t)(end - p) < bytes + 7) {
+        kd__spx_unpack(p, n, w, out);
+        return;
+    }
+    const uint64_t mask = w >= 32 ? 0xFFFFFFFFull : ((1ull << w) - 1);
+    size_t bit = 0;
+    for (uint32_t i = 0; i < n; i++) {
+        uint64_t x;
+        memcpy(&x, p + (bit >> 3), 8);
+        out[i] = (uint32_t)((x >> (bit & 7)) & mask);
+        bit += w;
+    }
+}
+
+/* Decodes block j's doc ids; values stay packed until asked for. */
 static void cur_decode(cursor *c, uint32_t j)
 {
     const kd__spx_block *bk = &c->blocks[j];
     uint32_t n = j + 1 < c->nb ? KD_SPX_BLOCK : c->t->df - (c->nb - 1) * KD_SPX_BLOCK;
     const unsigned char *p = c->f->post + bk->offset;
     unsigned w = p[0];
-    kd__spx_unpack(p + 1, n, w, c->docs);
-    p += 1 + ((size_t)n * w + 7) / 8;
-    uint32_t d = (j ? c->blocks[j - 1].last_doc + 1 : 0) + c->docs[0];
-    c->docs[0] = d;
+    uint32_t *docs = c->docs;
+    unpack_fast(p + 1, c->pend, n, w, docs);
+    c->vp = p + 1 + ((size_t)n * w + 7) / 8;
+    uint32_t d = (j ? c->blocks[j - 1].last_doc + 1 : 0) + docs[0];
+    docs[0] = d;
     for (uint32_t i = 1; i < n; i++) {
-        d += c->docs[i] + 1;
-        c->docs[i] = d;
+        d += docs[i] + 1;
+        docs[i] = d;
     }
-    if (c->kind == 0) {
-        for (uint32_t i = 0; i < n; i++) c->vals[i] = p[i];
-    } else {
-        kd__spx_unpack(p + 1, n, p[0], c->vals);
-        for (uint32_t i = 0; i < n; i++) c->vals[i] += 1;
-    }
+    c->vdec = 0;
     c->blk = j;
     c->n = n;
     c->pos = 0;
-    c->doc = c->docs[0];
+    c->doc = docs[0];
+}
+
+/* Value (impact or tf) at the cursor's position. */
+static inline uint32_t cur_val(cursor *c)
+{
+    if (c->kind == 0) return c->vp[c->pos];
+    if (!c->vdec) {
+        unpack_fast(c->vp + 1, c->pend, c->n, c->vp[0], c->vals);
+        c->vdec = 1;
+    }
+    return c->vals[c->pos] + 1;
 }
 
 static inline void cur_next(cursor *c)
@@ -234,15 +299,19 @@ static inline void cur_next_geq(cursor *c, uint32_t target)
 {
     if (c->doc >= target) return;
     if (c->blocks[c->blk].last_doc < target) {
-        uint32_t j = find_block(c, c->blk + 1, target);
+        uint32_t from = c->sblk > c->blk && c->s_first <= target ? c->sblk : c->blk + 1;
+        uint32_t j = find_block(c, from, target);
         if (j >= c->nb) {
             c->doc = KD_SPX_END;
             return;
         }
         cur_decode(c, j);
     }
-    while (c->docs[c->pos] < target) c->pos++;
-    c->doc = c->docs[c->pos];
+    const uint32_t *docs = c->docs;
+    uint32_t pos = c->pos;
+    while (docs[pos] < target) pos++;
+    c->pos = pos;
+    c->doc = docs[pos];
 }
 
 /* BM25 value of one posting. Every path calls this function. */
@@ -266,25 +335,32 @@ static double bm25_bound(const sparams *sp, const cursor *c, uint32_t maxtf, uin
     return (double)sp->wbm * (double)c->qtf * (double)c->idf * t * (double)sp->k1p1 / den;
 }
 
-static double bound_of(const sparams *sp, const cursor *c, uint32_t max_val, uint32_t min_len)
+static inline double bound_of(const sparams *sp, const cursor *c, uint32_t max_val, uint32_t min_len)
 {
-    if (c->kind == 0) return sp->unit * (double)c->qq * (double)max_val;
+    if (c->kind == 0) return c->ubk * (double)max_val;
     return bm25_bound(sp, c, max_val, min_len);
 }
 
-/* Block bound at target after a shallow move (0 when the list ends before). */
-static double shallow_bound(const sparams *sp, cursor *c, uint32_t target, uint32_t *last)
+/* Block-max bound of c's postings at target (>= c->doc), from the block
+ * table only; 0 when the list ends before target. Targets passed to one
+ * cursor never decrease, so the shallow pointer only moves forward and the
+ * bound of the current shallow block is reused while target stays in it. */
+static inline double shallow_bound(const sparams *sp, cursor *c, uint32_t target)
 {
-    uint32_t j = c->sblk > c->blk ? c->sblk : c->blk;
-    if (j > c->blk && c->blocks[j - 1].last_doc >= target) j = c->blk;
+    if (target <= c->s_last && target >= c->s_first) return c->s_bound;
+    uint32_t j = c->sblk > c->blk && c->s_first <= target ? c->sblk : c->blk;
     j = find_block(c, j, target);
     c->sblk = j;
     if (j >= c->nb) {
-        *last = KD_SPX_END;
+        c->s_first = j ? c->blocks[j - 1].last_doc + 1 : 0;
+        c->s_last = KD_SPX_END;
+        c->s_bound = 0.0;
         return 0.0;
     }
-    *last = c->blocks[j].last_doc;
-    return bound_of(sp, c, c->blocks[j].max_val, c->blocks[j].min_len);
+    c->s_first = j ? c->blocks[j - 1].last_doc + 1 : 0;
+    c->s_last = c->blocks[j].last_doc;
+    c->s_bound = bound_of(sp, c, c->blocks[j].max_val, c->blocks[j].min_len);
+    return c->s_bound;
 }
 
 /* ---- scoring and heap ------------------------------------------------- */
@@ -298,9 +374,9 @@ static float final_score(const sparams *sp, int64_t isum, float bm)
 
 /* Adds cursor c's posting at its current doc to (isum, slots); returns the
  * double estimate of the weighted contribution for pruning. */
-static inline double add_posting(const sparams *sp, const cursor *c, int64_t *isum, float *slots)
+static inline double add_posting(const sparams *sp, cursor *c, int64_t *isum, float *slots)
 {
-    uint32_t v = c->vals[c->pos];
+    uint32_t v = cur_val(c);
     if (c->kind == 0) {
         int64_t x = (int64_t)c->qq * (int64_t)v;
         *isum += x;
@@ -373,6 +449,33 @@ static int better_first(const void *a, const void *b)
 
 /* ---- algorithms ------------------------------------------------------- */
 
+/* Largest block bound of c's postings in [lo, hi) (c->doc < hi), from the
+ * block table only. */
+static double window_bound(const sparams *sp, const cursor *c, uint32_t lo, uint32_t hi)
+{
+    uint32_t j = c->blk;
+    if (c->blocks[j].last_doc < lo) j = find_block(c, j, lo);
+    uint32_t mv = 0, ml = UINT32_MAX;
+    for (; j < c->nb; j++) {
+        const kd__spx_block *bk = &c->blocks[j];
+        if (bk->max_val > mv) mv = bk->max_val;
+        if (bk->min_len < ml) ml = bk->min_len;
+        if (bk->last_doc >= hi - 1) break;
+    }
+    return mv ? bound_of(sp, c, mv, ml) : 0.0;
+}
+
+/* MaxScore over doc windows (as Lucene's MaxScoreBulkScorer does): lists are
+ * sorted by upper bound; those whose bounds together cannot reach the
+ * threshold are non-essential. Essential lists are scored term at a time into
+ * small accumulators covering a window of s->win documents (cache resident,
+ * no per-document merge over cursors); then each document of the window that
+ * any essential list matched, in ascending order, gets the block-max bounds
+ * of the non-essential lists (block table only, nothing decoded) and, unless
+ * that bound is already below the threshold, probes them from the largest
+ * bound down while the remaining block bounds could still lift it over. BM25
+ * values are kept per (document, slot) so the final float sum is taken in
+ * ascending slot order exactly as every other path does. */
 static void run_maxscore(const sparams *sp, kd__spx_scratch *s, size_t n, heap *hp, size_t nslots)
 {
     cursor *cur = s->cur;
@@ -392,42 +495,141 @@ static void run_maxscore(const sparams *sp, kd__spx_scratch *s, size_t n, heap *
         acc += cur[ord[i]].ub;
         s->cum[i] = acc;
     }
+    double *bcum = s->bcum;
     float thr = -INFINITY;
-    size_t fe = 0; /* first essential list in ord */
-    float *slots = s->slots;
+    double dthr = -INFINITY; /* thr / slack: prune when bound <= dthr */
+    size_t fe = 0;           /* first essential list in ord */
+    const uint32_t W = s->win;
+    int64_t *wis = s->wisum;
+    double *west = s->west;
+    uint64_t *wbits = s->wbits;
+    float *wsl = s->wslot; /* W x nslots */
     for (;;) {
-        uint32_t d = KD_SPX_END;
+        uint32_t lo = KD_SPX_END;
         for (size_t i = fe; i < n; i++)
-            if (cur[ord[i]].doc < d) d = cur[ord[i]].doc;
-        if (d == KD_SPX_END) break;
-        int64_t isum = 0;
-        for (size_t i = 0; i < nslots; i++) slots[i] = 0.0f;
-        double part = 0.0;
-        for (size_t i = fe; i < n; i++) {
-            cursor *c = &cur[ord[i]];
-            if (c->doc == d) {
-                part += add_posting(sp, c, &isum, slots);
-                cur_next(c);
+            if (cur[ord[i]].doc < lo) lo = cur[ord[i]].doc;
+        if (lo == KD_SPX_END) break;
+        uint32_t hi = lo + W < lo || lo + W > KD_SPX_END ? KD_SPX_END : lo + W;
+        const size_t fw = fe; /* lists [0, fw) are probed in this window */
+        /* window bounds: the largest block maximum of each list over
+         * [lo, hi), from the block tables only */
+        double wne = 0.0, wall = 0.0;
+        if (dthr > -INFINITY) {
+            for (size_t i = 0; i < n; i++) {
+                cursor *c = &cur[ord[i]];
+                double b = c->doc < hi ? window_bound(sp, c, lo, hi) : 0.0;
+                if (i < fw) wne += b;
+                wall += b;
+            }
+            if (wall <= dthr) { /* nothing in the window can enter: skip it */
+                for (size_t i = fw; i < n; i++) cur_next_geq(&cur[ord[i]], hi);
+                continue;
             }
         }
-        int pruned = 0;
-        for (size_t i = fe; i-- > 0;) {
-            if ((part + s->cum[i]) * sp->slack <= (double)thr) {
-                pruned = 1;
-                break;
-            }
+        /* essential lists, term at a time into the window */
+        for (size_t i = fw; i < n; i++) {
             cursor *c = &cur[ord[i]];
-            cur_next_geq(c, d);
-            if (c->doc == d) part += add_posting(sp, c, &isum, slots);
+            while (c->doc < hi) {
+                const uint32_t *docs = c->docs;
+                uint32_t pos = c->pos, cn = c->n;
+                if (c->kind == 0) {
+                    const unsigned char *vp = c->vp;
+                    const int64_t qq = c->qq;
+                    const double ubk = c->ubk;
+                    for (; pos < cn && docs[pos] < hi; pos++) {
+                        uint32_t o = docs[pos] - lo;
+                        int64_t x = qq * (int64_t)vp[pos];
+                        wbits[o >> 6] |= 1ull << (o & 63);
+                        wis[o] += x;
+                        west[o] += ubk * (double)vp[pos];
+                    }
+                } else {
+                    for (; pos < cn && docs[pos] < hi; pos++) {
+                        uint32_t o = docs[pos] - lo;
+                        c->pos = pos;
+                        c->doc = docs[pos];
+                        float x = bm25_value(sp, c, cur_val(c), sp->dtab[docs[pos]].len);
+                        wbits[o >> 6] |= 1ull << (o & 63);
+                        wsl[(size_t)o * nslots + c->slot] = x;
+                        west[o] += (double)sp->wbm * (double)x;
+                    }
+                }
+                if (pos < cn) {
+                    c->pos = pos;
+                    c->doc = docs[pos];
+                } else if (c->blk + 1 < c->nb) {
+                    cur_decode(c, c->blk + 1);
+                } else {
+                    c->pos = cn;
+                    c->doc = KD_SPX_END;
+                }
+            }
         }
-        if (pruned) continue;
-        hent e = {final_score(sp, isum, sum_slots(slots, nslots)), d};
-        if (heap_offer(hp, e)) {
-            thr = heap_thr(hp);
-            while (fe < n && s->cum[fe] * sp->slack <= (double)thr) fe++;
-            if (fe == n) break;
+        /* candidates of the window in ascending doc order */
+        uint32_t nw = (hi - lo + 63) / 64;
+        for (uint32_t wi = 0; wi < nw; wi++) {
+            uint64_t bits = wbits[wi];
+            if (!bits) continue;
+            wbits[wi] = 0;
+            while (bits) {
+                uint32_t o = wi * 64 + (uint32_t)__builtin_ctzll(bits);
+                bits &= bits - 1;
+                uint32_t d = lo + o;
+                double part = west[o];
+                int64_t isum = wis[o];
+                float *row = wsl + (size_t)o * nslots;
+                int pruned = 0;
+                if (fw > 0 && part + wne <= dthr) {
+                    pruned = 1;
+                } else if (fw > 0) {
+                    double b = 0.0;
+                    for (size_t i = 0; i < fw; i++) {
+                        cursor *c = &cur[ord[i]];
+                        if (c->doc <= d) b += shallow_bound(sp, c, d);
+                        bcum[i] = b;
+                    }
+                    if (part + b <= dthr) {
+                        pruned = 1;
+                    } else {
+                        for (size_t i = fw; i-- > 0;) {
+                            if (part + bcum[i] <= dthr) {
+                                pruned = 1;
+                                break;
+                            }
+                            cursor *c = &cur[ord[i]];
+                            cur_next_geq(c, d);
+                            if (c->doc == d) part += add_posting(sp, c, &isum, row);
+                        }
+                    }
+                } else if (part <= dthr) {
+                    pruned = 1;
+                }
+                if (!pruned) {
+                    hent e = {final_score(sp, isum, sum_slots(row, nslots)), d};
+                    if (heap_offer(hp, e)) {
+                        thr = heap_thr(hp);
+                        dthr = (double)thr / sp->slack;
+                        while (fe < n && s->cum[fe] <= dthr) fe++;
+                    }
+                }
+                wis[o] = 0;
+                west[o] = 0.0;
+                for (size_t i = 0; i < nslots; i++) row[i] = 0.0f;
+            }
         }
+        if (fe == n) break;
     }
+}
+
+/* Moves ps[i] (whose doc grew) to its place in doc order. */
+static inline void resort_one(cursor **ps, size_t n, size_t i)
+{
+    cursor *x = ps[i];
+    while (i + 1 < n && ps[i + 1]->doc < x->doc) {
+        ps[i] = ps[i + 1];
+        i++;
+    }
+    ps[i] = x;
 }
 
 static void sort_by_doc(cursor **ps, size_t n)
@@ -443,20 +645,24 @@ static void sort_by_doc(cursor **ps, size_t n)
     }
 }
 
+/* Block-Max WAND. Cursors stay sorted by doc: only moved cursors are
+ * re-inserted. Shallow block bounds are cached per cursor. */
 static void run_bmw(const sparams *sp, kd__spx_scratch *s, size_t n, heap *hp, size_t nslots)
 {
     cursor **ps = s->ps;
     for (size_t i = 0; i < n; i++) ps[i] = &s->cur[i];
+    sort_by_doc(ps, n);
     float thr = -INFINITY;
+    double dthr = -INFINITY;
     float *slots = s->slots;
+    for (size_t i = 0; i < nslots; i++) slots[i] = 0.0f;
     for (;;) {
-        sort_by_doc(ps, n);
         double acc = 0.0;
         size_t p = n;
         for (size_t i = 0; i < n; i++) {
             if (ps[i]->doc == KD_SPX_END) break;
             acc += ps[i]->ub;
-            if (acc * sp->slack > (double)thr) {
+            if (acc > dthr) {
                 p = i;
                 break;
             }
@@ -465,70 +671,86 @@ static void run_bmw(const sparams *sp, kd__spx_scratch *s, size_t n, heap *hp, s
         uint32_t pd = ps[p]->doc;
         while (p + 1 < n && ps[p + 1]->doc == pd) p++;
         double bs = 0.0;
-        uint32_t dn = KD_SPX_END;
-        for (size_t i = 0; i <= p; i++) {
-            uint32_t last;
-            bs += shallow_bound(sp, ps[i], pd, &last);
-            if (last != KD_SPX_END && last + 1 < dn) dn = last + 1;
-        }
-        if (bs * sp->slack > (double)thr) {
+        for (size_t i = 0; i <= p; i++) bs += shallow_bound(sp, ps[i], pd);
+        if (bs > dthr) {
             if (ps[0]->doc == pd) {
                 int64_t isum = 0;
-                for (size_t i = 0; i < nslots; i++) slots[i] = 0.0f;
-                for (size_t i = 0; i <= p; i++) {
-                    add_posting(sp, ps[i], &isum, slots);
-                    cur_next(ps[i]);
-                }
+                for (size_t i = 0; i <= p; i++) add_posting(sp, ps[i], &isum, slots);
                 hent e = {final_score(sp, isum, sum_slots(slots, nslots)), pd};
-                if (heap_offer(hp, e)) thr = heap_thr(hp);
+                for (size_t i = 0; i < nslots; i++) slots[i] = 0.0f;
+                if (heap_offer(hp, e)) {
+                    thr = heap_thr(hp);
+                    dthr = (double)thr / sp->slack;
+                }
+                for (size_t i = 0; i <= p; i++) cur_next(ps[i]);
+                sort_by_doc(ps, n);
             } else {
+                /* move the list before the pivot with the largest bound */
                 size_t best = 0;
                 for (size_t i = 1; i < p; i++)
                     if (ps[i]->doc < pd && ps[i]->ub > ps[best]->ub) best = i;
                 cur_next_geq(ps[best], pd);
+                resort_one(ps, n, best);
             }
         } else {
+            /* no document before the end of the shallowest block can win */
+            uint32_t dn = KD_SPX_END;
+            for (size_t i = 0; i <= p; i++) {
+                uint32_t last = ps[i]->s_last;
+                if (last != KD_SPX_END && last + 1 < dn) dn = last + 1;
+            }
             if (p + 1 < n && ps[p + 1]->doc < dn) dn = ps[p + 1]->doc;
             if (dn <= pd) dn = pd + 1; /* cannot happen; keeps progress certain */
             size_t best = 0;
             for (size_t i = 1; i <= p; i++)
                 if (ps[i]->ub > ps[best]->ub) best = i;
             cur_next_geq(ps[best], dn);
+            resort_one(ps, n, best);
         }
     }
 }
 
-static size_t run_exhaustive(const sparams *sp, kd__spx_scratch *s, size_t n, uint32_t n_docs)
+/* Term at a time over every posting, block by block. Accumulators are zero
+ * on entry and reset (touched entries only) before returning. */
+static size_t run_exhaustive(const sparams *sp, kd__spx_scratch *s, size_t n, heap *hp)
 {
-    for (uint32_t d = 0; d < n_docs; d++) {
-        s->isum[d] = 0;
-        s->bacc[d] = 0.0f;
-        s->seen[d] = 0;
-    }
     size_t nt = 0;
+    int64_t *isum = s->isum;
+    float *bacc = s->bacc;
+    uint8_t *seen = s->seen;
+    uint32_t *touched = s->touched;
     /* cursors: learned first, then BM25 in ascending slot order */
     for (size_t i = 0; i < n; i++) {
         cursor *c = &s->cur[i];
-        for (; c->doc != KD_SPX_END; cur_next(c)) {
-            uint32_t d = c->doc;
-            if (!s->seen[d]) {
-                s->seen[d] = 1;
-                s->touched[nt++] = d;
+        for (;;) {
+            for (uint32_t j = 0; j < c->n; j++) {
+                uint32_t d = c->docs[j];
+                if (!seen[d]) {
+                    seen[d] = 1;
+                    touched[nt++] = d;
+                }
+                c->pos = j;
+                c->doc = d;
+                if (c->kind == 0) {
+                    isum[d] += (int64_t)c->qq * (int64_t)c->vp[j];
+                } else {
+                    float x = bm25_value(sp, c, cur_val(c), sp->dtab[d].len);
+                    bacc[d] = bacc[d] + x;
+                }
             }
-            if (c->kind == 0) {
-                s->isum[d] += (int64_t)c->qq * (int64_t)c->vals[c->pos];
-            } else {
-                float x = bm25_value(sp, c, c->vals[c->pos], sp->dtab[d].len);
-                s->bacc[d] = s->bacc[d] + x;
-            }
+            if (c->blk + 1 >= c->nb) break;
+            cur_decode(c, c->blk + 1);
         }
+        c->doc = KD_SPX_END;
     }
     for (size_t i = 0; i < nt; i++) {
-        uint32_t d = s->touched[i];
-        s->all[i].s = final_score(sp, s->isum[d], s->bacc[d]);
-        s->all[i].d = d;
+        uint32_t d = touched[i];
+        hent e = {final_score(sp, isum[d], bacc[d]), d};
+        heap_offer(hp, e);
+        isum[d] = 0;
+        bacc[d] = 0.0f;
+        seen[d] = 0;
     }
-    qsort(s->all, nt, sizeof *s->all, better_first);
     return nt;
 }
 
@@ -564,7 +786,11 @@ static void cur_open(cursor *c, const kd__spx_field *f, const kd__spx_term *t, i
     c->kind = kind;
     c->blocks = f->blocks + t->first_block;
     c->nb = (uint32_t)((t->df + KD_SPX_BLOCK - 1) / KD_SPX_BLOCK);
+    c->pend = f->post + f->post_size;
     c->sblk = 0;
+    c->s_first = 1; /* empty range: the first shallow move computes it */
+    c->s_last = 0;
+    c->s_bound = 0.0;
     cur_decode(c, 0);
 }
 
@@ -668,23 +894,16 @@ kd_status kd__spx_search_core(const kd_sparse_index *idx, const kd_sparse_search
             cur_open(c, &idx->f[1], tr, 1);
         }
     }
-    for (size_t i = 0; i < n; i++)
+    for (size_t i = 0; i < n; i++) {
+        s->cur[i].ubk = sp.unit * (double)s->cur[i].qq;
         s->cur[i].ub = bound_of(&sp, &s->cur[i], s->cur[i].t->max_val, s->cur[i].t->min_len);
+    }
     /* float rounding of one score: a few ulps per term; this slack is far larger */
     sp.slack = 1.0 + ldexp((double)(n + 16), -20);
     if (kk == 0 || n == 0) return KD_OK;
-    if (cfg->algo == KD_SPARSE_EXHAUSTIVE) {
-        size_t nt = run_exhaustive(&sp, s, n, idx->n_docs);
-        size_t m = nt < kk ? nt : kk;
-        for (size_t i = 0; i < m; i++) {
-            out_ids[i] = idx->docs[s->all[i].d].ext_id;
-            if (out_scores) out_scores[i] = s->all[i].s;
-        }
-        *out_count = m;
-        return KD_OK;
-    }
     heap hp = {s->heap, 0, kk};
-    if (cfg->algo == KD_SPARSE_BMW) run_bmw(&sp, s, n, &hp, nslots);
+    if (cfg->algo == KD_SPARSE_EXHAUSTIVE) run_exhaustive(&sp, s, n, &hp);
+    else if (cfg->algo == KD_SPARSE_BMW) run_bmw(&sp, s, n, &hp, nslots);
     else run_maxscore(&sp, s, n, &hp, nslots);
     qsort(hp.h, hp.n, sizeof *hp.h, better_first);
     for (size_t i = 0; i < hp.n; i++) {

@@ -214,6 +214,22 @@ static int by_id(const void *a, const void *b)
     return (x->id > y->id) - (x->id < y->id);
 }
 
+/* Restores the heap property below i: each parent is no better (in the
+ * by_weight_desc order) than its children, so the root is the worst. */
+static void sift_worst(id_weight *h, size_t n, size_t i)
+{
+    for (;;) {
+        size_t l = 2 * i + 1, r = l + 1, m = i;
+        if (l < n && by_weight_desc(&h[l], &h[m]) > 0) m = l;
+        if (r < n && by_weight_desc(&h[r], &h[m]) > 0) m = r;
+        if (m == i) return;
+        id_weight t = h[i];
+        h[i] = h[m];
+        h[m] = t;
+        i = m;
+    }
+}
+
 kd_status kd_sparse_topk_prune(kd_context *ctx, uint32_t *term_ids, float *weights, size_t nnz,
                                size_t k, size_t *out_nnz)
 {
@@ -233,7 +249,17 @@ kd_status kd_sparse_topk_prune(kd_context *ctx, uint32_t *term_ids, float *weigh
         tmp[i].id = term_ids[i];
         tmp[i].w = weights[i];
     }
-    qsort(tmp, nnz, sizeof *tmp, by_weight_desc);
+    if (keep < nnz) {
+        /* select: tmp[0..keep) is a heap whose root is the worst kept entry
+         * (order of by_weight_desc), O(nnz log keep) */
+        for (size_t i = keep / 2; i-- > 0;) sift_worst(tmp, keep, i);
+        for (size_t i = keep; i < nnz; i++) {
+            if (keep && by_weight_desc(&tmp[i], &tmp[0]) < 0) {
+                tmp[0] = tmp[i];
+                sift_worst(tmp, keep, 0);
+            }
+        }
+    }
     qsort(tmp, keep, sizeof *tmp, by_id);
     for (size_t i = 0; i < keep; i++) {
         term_ids[i] = tmp[i].id;

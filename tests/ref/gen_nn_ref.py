@@ -183,6 +183,25 @@ case("small_cnn", "input 1x8x8; conv 4 3 stride 1 pad 1; relu; maxpool 2; conv 6
 case("mlp", "input 7; linear 9; tanh; layernorm eps 1e-5; linear 9; silu; linear 3",
      nn.Sequential(nn.Linear(7, 9), nn.Tanh(), nn.LayerNorm(9), nn.Linear(9, 9), nn.SiLU(), nn.Linear(9, 3)), 4, (7,))
 
+# Batched im2col / vectorised pooling paths (nn performance work): stride and
+# padding combinations, batch 1 (no transpose copy) and 3, pooling rows wide
+# enough for the 16-lane path plus a tail, odd widths (general path). Their
+# own seed, with the generator's state restored after, so that the values
+# above and below stay as they were.
+_rng = torch.get_rng_state()
+torch.manual_seed(4321)
+case("conv_s2p1_odd", "input 2x9x8; conv 3 3 stride 2 pad 1", nn.Sequential(nn.Conv2d(2, 3, 3, 2, 1)), 3, (2, 9, 8))
+case("conv_k5s3p2", "input 3x11x10; conv 4 5 stride 3 pad 2 nobias",
+     nn.Sequential(nn.Conv2d(3, 4, 5, 3, 2, bias=False)), 2, (3, 11, 10))
+case("conv_1x1_s2", "input 4x7x6; conv 5 1 stride 2 pad 0", nn.Sequential(nn.Conv2d(4, 5, 1, 2, 0)), 3, (4, 7, 6))
+case("conv_b1", "input 2x6x7; conv 3 3 stride 1 pad 2", nn.Sequential(nn.Conv2d(2, 3, 3, 1, 2)), 1, (2, 6, 7))
+case("maxpool2_wide", "input 2x4x38; maxpool 2", nn.Sequential(nn.MaxPool2d(2)), 2, (2, 4, 38))
+case("maxpool2_oddw", "input 2x7x7; maxpool 2", nn.Sequential(nn.MaxPool2d(2)), 2, (2, 7, 7))
+case("cnn_wide", "input 1x6x36; conv 2 3 stride 1 pad 1; relu; maxpool 2; flatten; linear 3",
+     nn.Sequential(nn.Conv2d(1, 2, 3, 1, 1), nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(2 * 3 * 18, 3)),
+     3, (1, 6, 36))
+torch.set_rng_state(_rng)
+
 out.append("static const ref_case ref_cases[] = {\n  %s\n};" % ",\n  ".join(cases))
 
 # ---- optimizers: given parameters and gradient sequences ----

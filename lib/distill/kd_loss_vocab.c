@@ -1,0 +1,547 @@
+/*
+ * kd_loss_vocab.c - fused, vectorised forward+backward of the temperature KD
+ * family (forward KL, reverse KL, JSD, TAID) over rows of V logits, dense or
+ * sparse teacher.
+ *
+ * Dense row, z = s/T, u = t/T:
+ *   pass 1  blockwise online log-sum-exp of z and u (the block max is taken
+ *           first, the running sums rescaled once per block, then one exp
+ *           per element): ls = lse(z), lt = lse(u).
+ *   pass 2  per element lq = z - ls, lp = u - lt; the value term and, for
+ *           FKL (q - p) and TAID (t (q - p)), the gradient.
+ *   pass 3  RKL and JSD only: the gradient needs the row total G = sum_j G_j
+ *           (grad_j = G_j - q_j G); reads s and the gradient again.
+ * Nothing is materialised besides the caller's gradient; a row of
+ * V = 32000 stays in L2 between the passes. Arithmetic is float in 16-lane
+ * GCC vectors (one AVX-512 register, two AVX2, four SSE), block sums go to
+ * double every BLK elements; on x86-64 the kernels are compiled for the
+ * x86-64-v4 / -v3 / baseline feature levels and chosen at load time
+ * (target_clones on feature levels, so an AMD Zen 4 gets AVX-512 too).
+ *
+ * Sparse teacher rows (kd_sparse_logits) are divergences over buckets: the k
+ * ids plus one tail bucket holding every other class (TOPK). For a bucketed
+ * divergence F(p_b, q_b), q_b = sum_{j in b} q_j, the gradient is
+ *   dF/dz_j = q_j (dF/dq_{b(j)} - sum_b q_b dF/dq_b),
+ * so one pass over the student row (for its log-sum-exp), k scalar bucket
+ * terms, one pass writing q_j times the tail factor, and k fix-ups. With k
+ * = V and no tail this is the dense divergence exactly.
+ *
+ * SAMPLED rows (Anshumann et al., "Sparse Logit Sampling: Accelerating
+ * Knowledge Distillation in LLMs", ACL 2025): ids drawn N times from a
+ * proposal r with counts c_i give the importance-weighted target
+ *   phat_i = (c_i / N) p_i / r_i   (phat_i = c_i / N when r = p),
+ * E[phat] = p, and the forward-KL gradient q_j sum_i phat_i - phat_j is
+ * linear in phat, hence an unbiased estimate of the full-distribution
+ * gradient q - p; the value sum_i phat_i (log p_i - log q_i) is unbiased for
+ * KL(P || Q) likewise.
+ */
+#include <math.h>
+#include <string.h>
+
+#include "kd_loss_internal.h"
+#include "kd_vocab_internal.h"
+
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+#define KD_CLONES KD_TARGET_CLONES
+#define KD_INLINE static inline __attribute__((always_inline))
+
+typedef float v16 __attribute__((vector_size(64)));
+typedef int32_t v16i __attribute__((vector_size(64)));
+typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias));
+
+#define BLK 1024 /* elements per double flush / rescale block */
+
+KD_INLINE v16 ld(const float *p) { return *(const v16u *)p; }
+KD_INLINE void st(float *p, v16 v) { *(v16u *)p = v; }
+KD_INLINE v16 splat(float x) { return (v16){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
+/* first r (< 16) lanes from p, the others `fill` */
+KD_INLINE v16 ldp(const float *p, size_t r, float fill)
+{
+    float b[16];
+    for (size_t i = 0; i < 16; i++) b[i] = i < r ? p[i] : fill;
+    return ld(b);
+}
+KD_INLINE void stp(float *p, size_t r, v16 v)
+{
+    float b[16];
+    st(b, v);
+    for (size_t i = 0; i < r; i++) p[i] = b[i];
+}
+KD_INLINE v16 sel(v16i m, v16 x) { return (v16)(m & (v16i)x); }
+KD_INLINE v16 vmax(v16 a, v16 b)
+{
+    v16i m = a > b;
+    return (v16)((m & (v16i)a) | (~m & (v16i)b));
+}
+KD_INLINE v16 vmin(v16 a, v16 b)
+{
+    v16i m = a < b;
+    return (v16)((m & (v16i)a) | (~m & (v16i)b));
+}
+KD_INLINE v16 vabs(v16 a) { return (v16)((v16i)a & ~(v16i)splat(-0.0f)); }
+KD_INLINE double hsum(v16 v)
+{
+    float t[16];
+    st(t, v);
+    for (int w = 8; w > 0; w /= 2)
+        for (int i = 0; i < w; i++) t[i] += t[i + w];
+    return (double)t[0];
+}
+KD_INLINE float hmax(v16 v)
+{
+    float t[16];
+    st(t, v);
+    float m = t[0];
+    for (int i = 1; i < 16; i++) m = t[i] > m ? t[i] : m;
+    return m;
+}
+
+/* exp(x) with about 1 ulp error on [-87, 88]; 0 below -87 (and for -inf,
+ * NaN): masked classes get exactly zero probability. */
+KD_INLINE v16 vexp(v16 x)
+{
+    v16i ok = x > splat(-87.0f);
+    x = vmin(vmax(x, splat(-87.0f)), splat(88.0f));
+    v16 t = x * splat(1.44269504088896341f) + splat(12582912.0f);
+    v16 n = t - splat(12582912.0f);
+    v16 r = x - n * splat(0.693145751953125f);
+    r = r - n * splat(1.42860682030941723e-6f);
+    v16 p = splat(1.0f / 5040);
+    p = p * r + splat(1.0f / 720);
+    p = p * r + splat(1.0f / 120);
+    p = p * r + splat(1.0f / 24);
+    p = p * r + splat(1.0f / 6);
+    p = p * r + splat(0.5f);
+    p = p * r + splat(1.0f);
+    p = p * r + splat(1.0f);
+    v16i e = ((v16i)t - (v16i)splat(12582912.0f)) << 23;
+    return sel(ok, (v16)((v16i)p + e));
+}
+
+/* log(1 + y) for y in [0, 1]: 2 atanh(y / (2 + y)), series to s^13. */
+KD_INLINE v16 vlog1p01(v16 y)
+{
+    v16 s = y / (splat(2.0f) + y), s2 = s * s;
+    v16 p = splat(1.0f / 13);
+    p = p * s2 + splat(1.0f / 11);
+    p = p * s2 + splat(1.0f / 9);
+    p = p * s2 + splat(1.0f / 7);
+    p = p * s2 + splat(1.0f / 5);
+    p = p * s2 + splat(1.0f / 3);
+    p = p * s2 + splat(1.0f);
+    return splat(2.0f) * s * p;
+}
+
+/* log(exp(a) + exp(b)); -inf when both are -inf. */
+KD_INLINE v16 vlogaddexp(v16 a, v16 b)
+{
+    v16 m = vmax(a, b);
+    v16 d = vexp(-vabs(a - b)); /* 0 for an infinite or NaN difference */
+    v16i fin = m > splat(-INFINITY);
+    return (v16)((fin & (v16i)(m + vlog1p01(d))) | (~fin & (v16i)m));
+}
+
+/* ---- pass 1: log-sum-exp of s * it (and t * it) ---------------------------- */
+
+KD_INLINE void lse_block(const float *x, size_t m, float it, float *run_max, double *run_sum)
+{
+    v16 vm = splat(-INFINITY);
+    size_t j = 0;
+    for (; j + 16 <= m; j += 16) vm = vmax(vm, ld(x + j));
+    if (j < m) vm = vmax(vm, ldp(x + j, m - j, -INFINITY));
+    float bm = hmax(vm) * it;
+    if (bm == -INFINITY) return;
+    if (bm > *run_max) {
+        *run_sum *= exp((double)*run_max - (double)bm);
+        *run_max = bm;
+    }
+    v16 acc = splat(0), vit = splat(it), mx = splat(*run_max);
+    for (j = 0; j + 16 <= m; j += 16) acc += vexp(ld(x + j) * vit - mx);
+    if (j < m) acc += vexp(ldp(x + j, m - j, -INFINITY) * vit - mx);
+    *run_sum += hsum(acc);
+}
+
+KD_CLONES static void lse_pass(const float *s, const float *t, size_t n, float it, double *ls,
+                               double *lt)
+{
+    float ms = -INFINITY, mt = -INFINITY;
+    double ss = 0, sum_t = 0;
+    for (size_t b = 0; b < n; b += BLK) {
+        size_t m = n - b < BLK ? n - b : BLK;
+        lse_block(s + b, m, it, &ms, &ss);
+        if (t) lse_block(t + b, m, it, &mt, &sum_t);
+    }
+    *ls = ms == -INFINITY ? -INFINITY : (double)ms + log(ss);
+    if (t) *lt = mt == -INFINITY ? -INFINITY : (double)mt + log(sum_t);
+}
+
+/* ---- pass 2 / 3: dense ------------------------------------------------------- */
+
+typedef struct {
+    float it, cs, ct, c, coef, w, lw, l1w;
+} dconst;
+
+/* One vector of pass 2. Returns the value term; *gdelta gets the gradient
+ * term (pass-2 part), *gsum_part the G_j of RKL / JSD. */
+KD_INLINE v16 p2_vec(const int kind, const dconst *k, v16 sv, v16 tv, v16 *gdelta, v16 *gpart)
+{
+    v16 z = sv * splat(k->it), u = tv * splat(k->it);
+    v16 lq = z - splat(k->cs), lp = u - splat(k->ct);
+    v16 q = vexp(lq), p = vexp(lp), val, lm;
+    switch (kind) {
+    case KD__DIV_FKL:
+        val = sel(p > splat(0), p * ((u - z) - splat(k->c)));
+        *gdelta = q - p;
+        break;
+    case KD__DIV_RKL:
+        val = sel(q > splat(0), q * ((z - u) + splat(k->c)));
+        *gpart = val;
+        break;
+    case KD__DIV_JSD:
+        lm = vlogaddexp(lp + splat(k->lw), lq + splat(k->l1w));
+        *gpart = sel(q > splat(0), splat(1.0f - k->w) * q * (lq - lm));
+        val = sel(p > splat(0), splat(k->w) * p * (lp - lm)) + *gpart;
+        *gdelta = *gpart;
+        break;
+    default: { /* TAID */
+        v16 lpt = vlogaddexp(lq + splat(k->l1w), lp + splat(k->lw));
+        v16 pt = vexp(lpt);
+        val = sel(pt > splat(0), pt * (lpt - lq));
+        *gdelta = splat(k->w) * (q - p);
+        break;
+    }
+    }
+    return val;
+}
+
+KD_INLINE double pass2(const int kind, const dconst *k, const float *s, const float *t, size_t n,
+                       float *grad, double *gsum)
+{
+    double val = 0, gs = 0;
+    const int write = grad && kind != KD__DIV_RKL;
+    const v16 vc = splat(k->coef);
+    for (size_t b = 0; b < n; b += BLK) {
+        size_t m = n - b < BLK ? n - b : BLK, j = 0;
+        v16 acc = splat(0), gacc = splat(0), gd = splat(0), gp = splat(0);
+        for (; j + 16 <= m; j += 16) {
+            acc += p2_vec(kind, k, ld(s + b + j), ld(t + b + j), &gd, &gp);
+            gacc += gp;
+            if (write) st(grad + b + j, ld(grad + b + j) + vc * gd);
+        }
+        if (j < m) {
+            acc += p2_vec(kind, k, ldp(s + b + j, m - j, -INFINITY),
+                          ldp(t + b + j, m - j, -INFINITY), &gd, &gp);
+            gacc += gp;
+            if (write) stp(grad + b + j, m - j, ldp(grad + b + j, m - j, 0) + vc * gd);
+        }
+        val += hsum(acc);
+        gs += hsum(gacc);
+    }
+    *gsum = gs;
+    return val;
+}
+
+/* pass 3: grad += coef * (extra(z,u) - q * g) where extra is RKL's G_j. */
+KD_INLINE void pass3(const int kind, const dconst *k, const float *s, const float *t, size_t n,
+                     float *grad, float g)
+{
+    const v16 vc = splat(k->coef), vg = splat(g);
+    for (size_t j = 0; j < n; j += 16) {
+        size_t r = n - j < 16 ? n - j : 16;
+        v16 sv = r == 16 ? ld(s + j) : ldp(s + j, r, -INFINITY);
+        v16 z = sv * splat(k->it), q = vexp(z - splat(k->cs)), d;
+        if (kind == KD__DIV_RKL) {
+            v16 tv = r == 16 ? ld(t + j) : ldp(t + j, r, -INFINITY);
+            v16 u = tv * splat(k->it);
+            d = sel(q > splat(0), q * ((z - u) + splat(k->c) - vg));
+        } else {
+            d = -(q * vg);
+        }
+        if (r == 16) st(grad + j, ld(grad + j) + vc * d);
+        else stp(grad + j, r, ldp(grad + j, r, 0) + vc * d);
+    }
+}
+
+KD_CLONES static void dense_fkl(const dconst *k, const float *s, const float *t, size_t n,
+                                float *grad, double *val)
+{
+    double gs;
+    *val = pass2(KD__DIV_FKL, k, s, t, n, grad, &gs);
+}
+KD_CLONES static void dense_rkl(const dconst *k, const float *s, const float *t, size_t n,
+                                float *grad, double *val)
+{
+    double gs;
+    *val = pass2(KD__DIV_RKL, k, s, t, n, NULL, &gs);
+    if (grad) pass3(KD__DIV_RKL, k, s, t, n, grad, (float)*val);
+}
+KD_CLONES static void dense_jsd(const dconst *k, const float *s, const float *t, size_t n,
+                                float *grad, double *val)
+{
+    double gs;
+    *val = pass2(KD__DIV_JSD, k, s, t, n, grad, &gs);
+    if (grad) pass3(KD__DIV_JSD, k, s, t, n, grad, (float)gs);
+}
+KD_CLONES static void dense_taid(const dconst *k, const float *s, const float *t, size_t n,
+                                 float *grad, double *val)
+{
+    double gs;
+    *val = pass2(KD__DIV_TAID, k, s, t, n, grad, &gs);
+}
+
+static void div_logs(const kd__div *d, double *lw, double *l1w)
+{
+    *lw = d->w > 0 ? log(d->w) : -INFINITY;
+    *l1w = d->w < 1 ? log1p(-d->w) : -INFINITY;
+}
+
+void kd__vocab_dense_row(const kd__div *d, const float *s, const float *t, size_t n,
+                         double coef, float *grad, double *val)
+{
+    double ls, lt, lw, l1w;
+    lse_pass(s, t, n, (float)d->inv_t, &ls, &lt);
+    div_logs(d, &lw, &l1w);
+    dconst k = {(float)d->inv_t, (float)ls, (float)lt, (float)(lt - ls), (float)coef,
+                (float)d->w, (float)lw, (float)l1w};
+    switch (d->kind) {
+    case KD__DIV_FKL: dense_fkl(&k, s, t, n, grad, val); break;
+    case KD__DIV_RKL: dense_rkl(&k, s, t, n, grad, val); break;
+    case KD__DIV_JSD: dense_jsd(&k, s, t, n, grad, val); break;
+    default: dense_taid(&k, s, t, n, grad, val); break;
+    }
+    if (*val < 0) *val = 0; /* rounding below the divergence's bound */
+}
+
+size_t kd__vocab_mask_bad(const kd__div *d, const float *s, const float *t, size_t n)
+{
+    if (d->kind == KD__DIV_JSD || (d->kind == KD__DIV_TAID && d->w == 0)) return 0;
+    for (size_t j = 0; j < n; j++) {
+        int sm = isinf(s[j]), tm = isinf(t[j]);
+        if (d->kind == KD__DIV_RKL ? (!sm && tm) : (sm && !tm)) return j + 1;
+    }
+    return 0;
+}
+
+KD_CLONES int kd__vocab_scan(const float *x, size_t n, size_t *neg_inf)
+{
+    v16i bad = (v16i)splat(0), cnt = (v16i)splat(0);
+    const v16 pinf = splat(INFINITY), ninf = splat(-INFINITY);
+    size_t j = 0;
+    for (; j + 16 <= n; j += 16) {
+        v16 v = ld(x + j);
+        bad |= (v != v) | (v == pinf);
+        cnt -= (v == ninf);
+    }
+    int32_t b[16], c[16];
+    memcpy(b, &bad, sizeof b); /* the arrays are not 64-byte aligned */
+    memcpy(c, &cnt, sizeof c);
+    int any = 0;
+    size_t ni = 0;
+    for (int i = 0; i < 16; i++) {
+        any |= b[i] != 0;
+        ni += (size_t)(uint32_t)c[i];
+    }
+    for (; j < n; j++) {
+        any |= isnan(x[j]) || (isinf(x[j]) && x[j] > 0);
+        ni += isinf(x[j]) && x[j] < 0;
+    }
+    *neg_inf = ni;
+    return any;
+}
+
+/* ---- sparse rows --------------------------------------------------------------- */
+
+/* Bucket term of a divergence: adds the value to *val and returns
+ * G_b = q_b dF/dq_b; sets *bad when the value would be infinite. */
+static double bucket(const kd__div *d, double lw, double l1w, double lp, double lq, double *val,
+                     int *bad)
+{
+    double p = exp(lp), q = exp(lq), lm;
+    switch (d->kind) {
+    case KD__DIV_FKL:
+        if (lp == -INFINITY) return 0;
+        if (lq == -INFINITY) { *bad = 1; return 0; }
+        *val += p * (lp - lq);
+        return -p;
+    case KD__DIV_RKL:
+        if (lq == -INFINITY) return 0;
+        if (lp == -INFINITY) { *bad = 1; return 0; }
+        *val += q * (lq - lp);
+        return q * (lq - lp + 1.0);
+    case KD__DIV_JSD:
+        lm = kd__logaddexp(lw + lp, l1w + lq);
+        if (lp > -INFINITY) *val += d->w * p * (lp - lm);
+        if (lq == -INFINITY) return 0;
+        *val += (1.0 - d->w) * q * (lq - lm);
+        return (1.0 - d->w) * q * (lq - lm);
+    default: /* TAID */
+        lm = kd__logaddexp(l1w + lq, lw + lp);
+        if (lm == -INFINITY) return 0;
+        if (lq == -INFINITY) { *bad = 1; return 0; }
+        *val += exp(lm) * (lm - lq);
+        return -exp(lm);
+    }
+}
+
+/* Teacher log-probability at T = 1 of slot v (value kind vk); lse_k is the
+ * log-sum-exp of the row's logits (LOGIT only), l1r = log(1 - tail). */
+static double slot_lp(kd_sparse_values vk, float v, double lse_k, double l1r)
+{
+    if (vk == KD_SPARSE_LOGPROB) return (double)v;
+    if (vk == KD_SPARSE_PROB) return v > 0 ? log((double)v) : -INFINITY;
+    return (double)v - lse_k + l1r;
+}
+
+KD_CLONES static void add_scaled_q(const float *s, size_t n, float it, float ls, float f,
+                                   float *grad)
+{
+    const v16 vf = splat(f), vit = splat(it), vls = splat(ls);
+    size_t j = 0;
+    for (; j + 16 <= n; j += 16)
+        st(grad + j, ld(grad + j) + vf * vexp(ld(s + j) * vit - vls));
+    if (j < n)
+        stp(grad + j, n - j,
+            ldp(grad + j, n - j, 0) + vf * vexp(ldp(s + j, n - j, -INFINITY) * vit - vls));
+}
+
+kd_status kd__vocab_sparse_row(const kd__div *d, const float *s, size_t n,
+                               const kd_sparse_logits *sp, size_t row, double coef,
+                               float *grad, double *val, const char **why)
+{
+    const size_t k = sp->k;
+    const int32_t *ids = sp->ids + row * k;
+    const float *vals = sp->values + row * k;
+    const float it = (float)d->inv_t;
+    double ls, lw, l1w;
+    lse_pass(s, NULL, n, it, &ls, NULL);
+    div_logs(d, &lw, &l1w);
+    size_t used = 0;
+    for (size_t i = 0; i < k; i++) {
+        if (ids[i] < 0) continue;
+        if ((size_t)ids[i] >= n) {
+            *why = "a sparse teacher id lies beyond the valid classes";
+            return KD_E_INVALID;
+        }
+        used++;
+    }
+    if (used == 0) {
+        *why = "a sparse teacher row has no ids";
+        return KD_E_INVALID;
+    }
+#define LQ(i) ((double)(s[ids[i]] * it) - ls)
+
+    if (sp->mode == KD_SPARSE_SAMPLED) {
+        if (d->kind != KD__DIV_FKL || d->inv_t != 1.0) {
+            *why = "sampled sparse teachers need forward KL at temperature 1";
+            return KD_E_UNSUPPORTED;
+        }
+        if (sp->value_kind == KD_SPARSE_LOGIT) {
+            *why = "sampled sparse teachers need LOGPROB or PROB values";
+            return KD_E_UNSUPPORTED;
+        }
+        double total = 0, S = 0, v = 0;
+        for (size_t i = 0; i < k; i++)
+            if (ids[i] >= 0) total += sp->counts ? sp->counts[row * k + i] : 1.0;
+        if (!(total > 0)) {
+            *why = "a sampled sparse row has no draws (all counts 0)";
+            return KD_E_INVALID;
+        }
+        for (size_t i = 0; i < k; i++) {
+            if (ids[i] < 0) continue;
+            double lp = slot_lp(sp->value_kind, vals[i], 0, 0), lq = LQ(i);
+            double c = (sp->counts ? sp->counts[row * k + i] : 1.0) / total;
+            double ph = sp->proposal ? c * exp(lp) / sp->proposal[row * k + i] : c;
+            if (ph == 0) continue;
+            if (lq == -INFINITY) {
+                *why = "the sampled target has mass on a class the student masks";
+                return KD_E_NUMERIC;
+            }
+            S += ph;
+            v += ph * (lp - lq);
+        }
+        *val = v;
+        if (grad) {
+            add_scaled_q(s, n, it, (float)ls, (float)(coef * S), grad);
+            for (size_t i = 0; i < k; i++) {
+                if (ids[i] < 0) continue;
+                double lp = slot_lp(sp->value_kind, vals[i], 0, 0);
+                double c = (sp->counts ? sp->counts[row * k + i] : 1.0) / total;
+                double ph = sp->proposal ? c * exp(lp) / sp->proposal[row * k + i] : c;
+                grad[ids[i]] -= (float)(coef * ph);
+            }
+        }
+        return KD_OK;
+    }
+
+    /* TOPK: teacher buckets at T = 1 -> tempered, renormalised over k + tail. */
+    double lse_k = -INFINITY, l1r = 0, ltail = -INFINITY;
+    double r = sp->tail_mass ? (double)sp->tail_mass[row] : 0.0;
+    if (sp->value_kind == KD_SPARSE_LOGIT) {
+        double m = -INFINITY, acc = 0;
+        for (size_t i = 0; i < k; i++)
+            if (ids[i] >= 0 && vals[i] > m) m = vals[i];
+        for (size_t i = 0; i < k; i++)
+            if (ids[i] >= 0) acc += exp((double)vals[i] - m);
+        lse_k = m + log(acc);
+        l1r = log1p(-r);
+    }
+    if (r > 0) ltail = log(r);
+    /* log normaliser of the tempered buckets */
+    double mt = ltail * d->inv_t, zt = 0;
+    for (size_t i = 0; i < k; i++) {
+        if (ids[i] < 0) continue;
+        double x = slot_lp(sp->value_kind, vals[i], lse_k, l1r) * d->inv_t;
+        if (x > mt) mt = x;
+    }
+    if (mt == -INFINITY) {
+        *why = "the sparse teacher row has no probability mass";
+        return KD_E_INVALID;
+    }
+    for (size_t i = 0; i < k; i++)
+        if (ids[i] >= 0) zt += exp(slot_lp(sp->value_kind, vals[i], lse_k, l1r) * d->inv_t - mt);
+    zt += exp(ltail * d->inv_t - mt);
+    const double lz = mt + log(zt);
+    /* student buckets */
+    double qk = 0;
+    for (size_t i = 0; i < k; i++)
+        if (ids[i] >= 0) qk += exp(LQ(i));
+    /* Every student logit outside the ids is > -inf unless masked, so a
+     * rounded-away tail is floored (a masked tail is caught by the caller's
+     * value pass first). */
+    double qtail = used >= n ? 0.0 : 1.0 - qk;
+    if (used < n && qtail < 1e-30) qtail = 1e-30;
+    double lqtail = qtail > 0 ? log(qtail) : -INFINITY;
+    double lptail = ltail * d->inv_t - lz;
+    double v = 0, gbar = 0;
+    int bad = 0;
+    double gtail = bucket(d, lw, l1w, lptail, lqtail, &v, &bad);
+    if (bad) {
+        *why = "the divergence is infinite on the tail bucket (tail mass on one side only)";
+        return KD_E_NUMERIC;
+    }
+    gbar = gtail;
+    for (size_t i = 0; i < k; i++) {
+        if (ids[i] < 0) continue;
+        double lp = slot_lp(sp->value_kind, vals[i], lse_k, l1r) * d->inv_t - lz;
+        gbar += bucket(d, lw, l1w, lp, LQ(i), &v, &bad);
+        if (bad) {
+            *why = "the divergence is infinite (one side masks a class the other gives mass)";
+            return KD_E_NUMERIC;
+        }
+    }
+    *val = v < 0 ? 0 : v;
+    if (grad) {
+        double ratio = qtail > 0 ? gtail / qtail : 0.0;
+        add_scaled_q(s, n, it, (float)ls, (float)(coef * (ratio - gbar)), grad);
+        for (size_t i = 0; i < k; i++) {
+            if (ids[i] < 0) continue;
+            double dummy = 0, lq = LQ(i);
+            double lp = slot_lp(sp->value_kind, vals[i], lse_k, l1r) * d->inv_t - lz;
+            double gi = bucket(d, lw, l1w, lp, lq, &dummy, &bad);
+            grad[ids[i]] += (float)(coef * (gi - exp(lq) * ratio));
+        }
+    }
+#undef LQ
+    return KD_OK;
+}
