@@ -38,6 +38,15 @@ kd_context *kd_test_ctx(void);
         }                                                                              \
     } while (0)
 
+/* Scratch folders for file tests: kd_test_tmpdir makes /tmp/kd_test_<tag>_XXXXXX
+ * in dir (at least 64 bytes); kd_test_rmdir removes it with everything in it;
+ * kd_test_dir_entries counts its entries. */
+void kd_test_tmpdir(char *dir, size_t size, const char *tag);
+void kd_test_rmdir(const char *dir);
+int kd_test_dir_entries(const char *dir);
+/* Whole file into a malloc'd buffer (*n bytes); fails the test if unreadable. */
+unsigned char *kd_test_read_file(const char *path, size_t *n);
+
 /* Fills x with uniform values in [lo, hi) from a fixed-seed generator. */
 void kd_test_fill(float *x, size_t n, float lo, float hi, uint64_t seed);
 

@@ -18,40 +18,14 @@ static char path[160], path2[160], partial[180];
 
 static void setup(void)
 {
-    strcpy(dir, "/tmp/kd_test_cache_XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(dir));
+    kd_test_tmpdir(dir, sizeof dir, "cache");
     snprintf(path, sizeof path, "%s/a.kdlc", dir);
     snprintf(path2, sizeof path2, "%s/b.kdlc", dir);
     snprintf(partial, sizeof partial, "%s.partial", path);
 }
 
-static void teardown(void)
-{
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    char p[320];
-    while (d && (e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.') continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        unlink(p);
-    }
-    if (d) closedir(d);
-    rmdir(dir);
-}
+static void teardown(void) { kd_test_rmdir(dir); }
 
-static unsigned char *read_all(const char *p, size_t *n)
-{
-    FILE *f = fopen(p, "rb");
-    ck_assert_ptr_nonnull(f);
-    fseek(f, 0, SEEK_END);
-    long sz = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *b = (unsigned char *)malloc((size_t)sz + 1);
-    ck_assert_uint_eq(fread(b, 1, (size_t)sz, f), (size_t)sz);
-    fclose(f);
-    *n = (size_t)sz;
-    return b;
-}
 
 static void wr32(unsigned char *p, uint32_t v)
 {
@@ -326,7 +300,7 @@ START_TEST(resume_after_crash_is_byte_identical)
     resume_setup(ctx, &t, &ds, &cfg);
     ck_assert_int_eq(kd_cache_write_teacher(ctx, t, &ds, path2, &cfg, 0), KD_OK);
     size_t nref;
-    unsigned char *ref = read_all(path2, &nref);
+    unsigned char *ref = kd_test_read_file(path2, &nref);
     float *z = (float *)malloc(sizeof(float) * RN * RV);
     ck_assert_int_eq(kd_teacher_logits(t, resume_x, RN, z), KD_OK);
     /* torn: 0 = clean stop after 150 positions; 1..3 = the partial file cut
@@ -339,7 +313,7 @@ START_TEST(resume_after_crash_is_byte_identical)
         kd_cache_writer_destroy(w); /* "crash": no finish */
         ck_assert_int_eq(access(path, F_OK), -1);
         size_t np;
-        unsigned char *pb = read_all(partial, &np);
+        unsigned char *pb = kd_test_read_file(partial, &np);
         ck_assert_uint_gt(np, 64);
         FILE *f = fopen(partial, "r+b");
         uint64_t expect = 128; /* 4 complete blocks of 32 */
@@ -361,7 +335,7 @@ START_TEST(resume_after_crash_is_byte_identical)
         kd_cache_writer_destroy(w);
         ck_assert_int_eq(kd_cache_write_teacher(ctx, t, &ds, path, &cfg, 1), KD_OK);
         size_t n;
-        unsigned char *got = read_all(path, &n);
+        unsigned char *got = kd_test_read_file(path, &n);
         ck_assert_uint_eq(n, nref);
         ck_assert_msg(memcmp(got, ref, n) == 0, "mode %d: resumed file differs", mode);
         free(got);
@@ -512,7 +486,7 @@ START_TEST(hostile_files)
         cfg.encoding = (kd_cache_encoding)enc;
         write_logits(ctx, path, z, R, V, &cfg);
         size_t n;
-        unsigned char *img = read_all(path, &n);
+        unsigned char *img = kd_test_read_file(path, &n);
         ck_assert_int_eq(open_mem(ctx, img, n), KD_OK);
         /* truncation at every byte offset */
         for (size_t cut = 0; cut < n; cut++) {

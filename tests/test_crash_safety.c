@@ -23,23 +23,10 @@ static char dir[64], path[128];
 
 static void setup(void)
 {
-    strcpy(dir, "/tmp/kd_crash_XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(dir));
+    kd_test_tmpdir(dir, sizeof dir, "crash");
 }
 
-static void teardown(void)
-{
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    char p[400];
-    while (d && (e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.') continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        unlink(p);
-    }
-    if (d) closedir(d);
-    rmdir(dir);
-}
+static void teardown(void) { kd_test_rmdir(dir); }
 
 /* Sleeps a random time in [0, max_us). */
 static void random_sleep(kd_rng *r, unsigned max_us)

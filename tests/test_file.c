@@ -14,35 +14,13 @@ static char path[128];
 
 static void setup(void)
 {
-    strcpy(dir, "/tmp/kd_test_file_XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(dir));
+    kd_test_tmpdir(dir, sizeof dir, "file");
     snprintf(path, sizeof path, "%s/out.bin", dir);
 }
 
-static void teardown(void)
-{
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    char p[320];
-    while (d && (e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.') continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        unlink(p);
-    }
-    if (d) closedir(d);
-    rmdir(dir);
-}
+static void teardown(void) { kd_test_rmdir(dir); }
 
-static int count_entries(void)
-{
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    int n = 0;
-    while ((e = readdir(d)) != NULL)
-        if (e->d_name[0] != '.') n++;
-    closedir(d);
-    return n;
-}
+static int count_entries(void) { return kd_test_dir_entries(dir); }
 
 static kd_status write_file(kd_context *ctx, const char *content)
 {

@@ -16,24 +16,11 @@ static char path[128];
 
 static void setup(void)
 {
-    strcpy(dir, "/tmp/kd_test_spx_XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(dir));
+    kd_test_tmpdir(dir, sizeof dir, "spx");
     snprintf(path, sizeof path, "%s/index.kdsp", dir);
 }
 
-static void teardown(void)
-{
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    char p[320];
-    while (d && (e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.') continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        unlink(p);
-    }
-    if (d) closedir(d);
-    rmdir(dir);
-}
+static void teardown(void) { kd_test_rmdir(dir); }
 
 static unsigned char *read_all(const char *p, size_t *n)
 {

@@ -17,35 +17,13 @@ static char path[128];
 
 static void setup(void)
 {
-    strcpy(dir, "/tmp/kd_test_st_XXXXXX");
-    ck_assert_ptr_nonnull(mkdtemp(dir));
+    kd_test_tmpdir(dir, sizeof dir, "st");
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
 }
 
-static void teardown(void)
-{
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    char p[320];
-    while (d && (e = readdir(d)) != NULL) {
-        if (e->d_name[0] == '.') continue;
-        snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-        unlink(p);
-    }
-    if (d) closedir(d);
-    rmdir(dir);
-}
+static void teardown(void) { kd_test_rmdir(dir); }
 
-static int count_entries(void)
-{
-    DIR *d = opendir(dir);
-    struct dirent *e;
-    int n = 0;
-    while ((e = readdir(d)) != NULL)
-        if (e->d_name[0] != '.') n++;
-    closedir(d);
-    return n;
-}
+static int count_entries(void) { return kd_test_dir_entries(dir); }
 
 /* tests/data/NAME: meson runs tests from the build root and compiles with
  * source paths relative to it, so __FILE__'s folder is the tests folder. */
