@@ -374,15 +374,6 @@ kd_status kd_cache_write_teacher(kd_context *ctx, kd_teacher *teacher, const kd_
 
 /* ---- training from a cache ------------------------------------------------------ */
 
-static size_t student_dim(kd_model *m)
-{
-    size_t shape[KD_TENSOR_MAX_RANK], in = 1;
-    uint32_t rank = 0;
-    if (kd_model_input_shape(m, shape, &rank, NULL) != KD_OK || rank == 0) return 0;
-    for (uint32_t i = 0; i < rank; i++) in *= shape[i];
-    return in;
-}
-
 kd_status kd_fit_cached(kd_student *s, const kd_logit_cache *cache, const kd_dataset *ds,
                         const kd_fit_config *cfg_in)
 {
@@ -397,16 +388,12 @@ kd_status kd_fit_cached(kd_student *s, const kd_logit_cache *cache, const kd_dat
     if (cfg.augment)
         return kd__fail(ctx, KD_E_INVALID, "kd_fit_cached: augmentation needs a live teacher, not a cache");
     if (cfg.batch == 0) return kd__fail(ctx, KD_E_INVALID, "kd_fit_cached: batch must be > 0");
-    if (ds->struct_size < sizeof *ds) return kd__fail(ctx, KD_E_VERSION, "kd_fit_cached: set dataset struct_size");
-    const size_t dim = student_dim(m);
-    if (!ds->x || ds->n == 0) return kd__fail(ctx, KD_E_INVALID, "kd_fit_cached: empty dataset");
-    if (ds->dim != dim)
-        return kd__fail(ctx, KD_E_SHAPE, "kd_fit_cached: dataset rows have %zu floats, the model takes %zu",
-                        ds->dim, dim);
+    const size_t dim = kd__model_input_numel(m);
+    kd_status st = kd__check_dataset(ctx, ds, dim, "kd_fit_cached");
+    if (st != KD_OK) return st;
     size_t shape[KD_TENSOR_MAX_RANK], classes = 0;
     uint32_t rank = 0;
-    kd_status st = kd_model_output_shape(m, shape, &rank, &classes);
-    if (st != KD_OK) return st;
+    if ((st = kd_model_output_shape(m, shape, &rank, &classes)) != KD_OK) return st;
     if (kd_logit_cache_positions(cache) != ds->n || kd_logit_cache_classes(cache) != classes)
         return kd__fail(ctx, KD_E_SHAPE, "kd_fit_cached: cache has %llu positions x %zu classes, dataset %zu rows, student %zu classes",
                         (unsigned long long)kd_logit_cache_positions(cache), kd_logit_cache_classes(cache),
@@ -429,15 +416,7 @@ kd_status kd_fit_cached(kd_student *s, const kd_logit_cache *cache, const kd_dat
     for (size_t i = 0; i < n; i++) order[i] = i;
     const size_t steps = cfg.drop_last ? n / bsz : (n + bsz - 1) / bsz;
     for (size_t epoch = 0; epoch < cfg.epochs; epoch++) {
-        /* the same order as kd_fit for the same seed */
-        kd_rng rng;
-        kd_rng_seed(&rng, cfg.seed, 0x6669740000ull + epoch);
-        for (size_t i = n - 1; i > 0; i--) {
-            size_t j = (size_t)kd_rng_below(&rng, (uint32_t)(i + 1 > 0xffffffffu ? 0xffffffffu : i + 1));
-            size_t t = order[i];
-            order[i] = order[j];
-            order[j] = t;
-        }
+        kd__fit_shuffle(order, n, cfg.seed, epoch); /* the same order as kd_fit */
         double running = 0.0;
         for (size_t step = 0; step < steps; step++) {
             size_t first = step * bsz, b = n - first < bsz ? n - first : bsz;

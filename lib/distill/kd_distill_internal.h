@@ -7,4 +7,14 @@
 /* The context a student was created from (NULL for NULL). */
 kd_context *kd__student_context(const kd_student *s);
 
+/* Floats per sample of a dense-input model (0 for an id model). */
+size_t kd__model_input_numel(kd_model *m);
+/* Checks a dataset view against a model taking dim floats per row; fn names
+ * the caller in the reason. */
+kd_status kd__check_dataset(kd_context *ctx, const kd_dataset *ds, size_t dim, const char *fn);
+/* The row order of `epoch`: order[0..n) shuffled (Fisher-Yates) by a
+ * generator seeded from seed and epoch. Every trainer draws it here, so the
+ * same seed visits rows in the same order whatever the teacher kind. */
+void kd__fit_shuffle(size_t *order, size_t n, uint64_t seed, size_t epoch);
+
 #endif

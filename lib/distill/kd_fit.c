@@ -30,7 +30,7 @@ void kd_fit_config_default(kd_fit_config *cfg)
     cfg->cache_teacher = 1;
 }
 
-static kd_status check_dataset(kd_context *ctx, const kd_dataset *ds, size_t dim, const char *fn)
+kd_status kd__check_dataset(kd_context *ctx, const kd_dataset *ds, size_t dim, const char *fn)
 {
     if (!ds) return kd__fail(ctx, KD_E_INVALID, "%s: NULL dataset", fn);
     if (ds->struct_size < sizeof *ds) return kd__fail(ctx, KD_E_VERSION, "%s: set dataset struct_size", fn);
@@ -43,7 +43,7 @@ static kd_status check_dataset(kd_context *ctx, const kd_dataset *ds, size_t dim
     return KD_OK;
 }
 
-static size_t model_in_dim(kd_model *m)
+size_t kd__model_input_numel(kd_model *m)
 {
     size_t shape[KD_TENSOR_MAX_RANK], in = 1;
     uint32_t rank = 0;
@@ -60,6 +60,18 @@ static size_t model_classes(kd_model *m)
     return numel;
 }
 
+void kd__fit_shuffle(size_t *order, size_t n, uint64_t seed, size_t epoch)
+{
+    kd_rng rng;
+    kd_rng_seed(&rng, seed, 0x6669740000ull + epoch);
+    for (size_t i = n > 0 ? n - 1 : 0; i > 0; i--) {
+        size_t j = (size_t)kd_rng_below(&rng, (uint32_t)(i + 1 > 0xffffffffu ? 0xffffffffu : i + 1));
+        size_t t = order[i];
+        order[i] = order[j];
+        order[j] = t;
+    }
+}
+
 kd_status kd_fit(kd_student *s, kd_teacher *teacher, const kd_dataset *ds, const kd_fit_config *cfg_in)
 {
     if (!s) return KD_E_INVALID;
@@ -69,8 +81,8 @@ kd_status kd_fit(kd_student *s, kd_teacher *teacher, const kd_dataset *ds, const
     kd_fit_config_default(&cfg);
     if (cfg_in && kd__config_copy(&cfg, sizeof cfg, cfg_in, cfg_in->struct_size, sizeof cfg) != KD_OK)
         return kd__fail(ctx, KD_E_VERSION, "kd_fit: config struct_size not supported");
-    size_t dim = model_in_dim(m), classes = model_classes(m);
-    kd_status st = check_dataset(ctx, ds, dim, "kd_fit");
+    size_t dim = kd__model_input_numel(m), classes = model_classes(m);
+    kd_status st = kd__check_dataset(ctx, ds, dim, "kd_fit");
     if (st != KD_OK) return st;
     if (cfg.batch == 0) return kd__fail(ctx, KD_E_INVALID, "kd_fit: batch must be > 0");
     if (teacher && (kd_teacher_input_dim(teacher) != dim || kd_teacher_classes(teacher) != classes))
@@ -99,14 +111,10 @@ kd_status kd_fit(kd_student *s, kd_teacher *teacher, const kd_dataset *ds, const
     const size_t steps = cfg.drop_last ? n / bsz : (n + bsz - 1) / bsz;
     const double t0 = now_seconds();
     for (size_t epoch = 0; epoch < cfg.epochs; epoch++) {
+        kd__fit_shuffle(order, n, cfg.seed, epoch);
+        /* augmentation draws from its own stream of the same seed */
         kd_rng rng;
-        kd_rng_seed(&rng, cfg.seed, 0x6669740000ull + epoch);
-        for (size_t i = n - 1; i > 0; i--) { /* Fisher-Yates */
-            size_t j = (size_t)kd_rng_below(&rng, (uint32_t)(i + 1 > 0xffffffffu ? 0xffffffffu : i + 1));
-            size_t t = order[i];
-            order[i] = order[j];
-            order[j] = t;
-        }
+        kd_rng_seed(&rng, cfg.seed, 0x6175670000ull + epoch);
         double running = 0.0;
         for (size_t step = 0; step < steps; step++) {
             size_t first = step * bsz, b = n - first < bsz ? n - first : bsz;
@@ -285,8 +293,8 @@ kd_status kd_evaluate(kd_context *ctx, kd_model *m, kd_teacher *teacher, const k
     if (!m || !report) return kd__fail(ctx, KD_E_INVALID, "kd_evaluate: NULL model or report");
     if (report->struct_size < sizeof *report)
         return kd__fail(ctx, KD_E_VERSION, "kd_evaluate: set report->struct_size");
-    size_t dim = model_in_dim(m), classes = model_classes(m);
-    kd_status st = check_dataset(ctx, ds, dim, "kd_evaluate");
+    size_t dim = kd__model_input_numel(m), classes = model_classes(m);
+    kd_status st = kd__check_dataset(ctx, ds, dim, "kd_evaluate");
     if (st != KD_OK) return st;
     if (batch == 0) return kd__fail(ctx, KD_E_INVALID, "kd_evaluate: batch must be > 0");
     if (teacher && kd_teacher_classes(teacher) != classes)
