@@ -47,7 +47,8 @@ size_t kd__model_input_numel(kd_model *m)
 {
     size_t shape[KD_TENSOR_MAX_RANK], in = 1;
     uint32_t rank = 0;
-    if (kd_model_input_shape(m, shape, &rank, NULL) != KD_OK || rank == 0) return 0;
+    int is_ids = 0;
+    if (kd_model_input_shape(m, shape, &rank, &is_ids) != KD_OK || rank == 0 || is_ids) return 0;
     for (uint32_t i = 0; i < rank; i++) in *= shape[i];
     return in;
 }

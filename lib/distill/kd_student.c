@@ -47,15 +47,12 @@ kd_status kd_student_create(kd_context *ctx, kd_model *m, kd_optimizer *opt,
                         (unsigned)cfg_in->struct_size);
     if (!isfinite(cfg.max_grad_norm) || cfg.max_grad_norm < 0.0f)
         return kd__fail(ctx, KD_E_INVALID, "kd_student_create: max_grad_norm must be finite and >= 0");
-    size_t shape[KD_TENSOR_MAX_RANK], classes = 0, in = 1;
+    size_t shape[KD_TENSOR_MAX_RANK], classes = 0, in = kd__model_input_numel(m);
     uint32_t rank = 0;
-    int is_ids = 0;
-    kd_status st = kd_model_input_shape(m, shape, &rank, &is_ids);
-    if (st != KD_OK) return st;
-    if (is_ids || rank == 0)
+    if (in == 0)
         return kd__fail(ctx, KD_E_SHAPE, "kd_student_create: models over token ids are not supported yet");
-    for (uint32_t i = 0; i < rank; i++) in *= shape[i];
-    if ((st = kd_model_output_shape(m, shape, &rank, &classes)) != KD_OK) return st;
+    kd_status st = kd_model_output_shape(m, shape, &rank, &classes);
+    if (st != KD_OK) return st;
     if (cfg.schedule) {
         float lr;
         if ((st = kd_schedule_lr(ctx, cfg.schedule, 0, &lr)) != KD_OK) return st;

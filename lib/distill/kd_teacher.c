@@ -2,6 +2,7 @@
 #include <math.h>
 
 #include "kd/kd_distill.h"
+#include "kd_distill_internal.h"
 #include "kd_internal.h"
 
 typedef enum { T_MODEL, T_CALLBACK, T_ENSEMBLE } teacher_kind;
@@ -40,15 +41,11 @@ kd_status kd_teacher_from_model(kd_context *ctx, kd_model *m, kd_teacher **out)
     if (!ctx) return KD_E_INVALID;
     if (!m || !out) return kd__fail(ctx, KD_E_INVALID, "kd_teacher_from_model: NULL model or out");
     *out = NULL;
-    size_t shape[KD_TENSOR_MAX_RANK], classes = 0, in = 1;
+    size_t shape[KD_TENSOR_MAX_RANK], classes = 0, in = kd__model_input_numel(m);
     uint32_t rank = 0;
-    int is_ids = 0;
-    kd_status st = kd_model_input_shape(m, shape, &rank, &is_ids);
-    if (st != KD_OK) return kd__fail(ctx, st, "kd_teacher_from_model: %s", kd_context_last_error(ctx));
-    if (is_ids || rank == 0)
+    if (in == 0)
         return kd__fail(ctx, KD_E_SHAPE, "kd_teacher_from_model: the model takes token ids, not dense inputs");
-    for (uint32_t i = 0; i < rank; i++) in *= shape[i];
-    st = kd_model_output_shape(m, shape, &rank, &classes);
+    kd_status st = kd_model_output_shape(m, shape, &rank, &classes);
     if (st != KD_OK) return st;
     if (classes == 0) return kd__fail(ctx, KD_E_SHAPE, "kd_teacher_from_model: empty output");
     st = teacher_new(ctx, T_MODEL, in, classes, out);
