@@ -1,4 +1,5 @@
 /* test_core.c - version, status, context, arena, RNG, CRC32C, formatter. */
+#include <stddef.h>
 #include <string.h>
 
 #include "kd_internal.h"
@@ -101,6 +102,56 @@ START_TEST(context_config_from_newer_caller)
     ctx = NULL;
     ck_assert_int_eq(kd_context_create(&big.base, &ctx), KD_E_VERSION);
     ck_assert_ptr_null(ctx);
+}
+END_TEST
+
+/* kd_X_default() passes the caller's compile-time size: an older caller's
+ * smaller struct is never written past its end, a newer caller's tail is
+ * zeroed and its struct_size is the caller's, so the library accepts it while
+ * the unknown fields stay zero and reports KD_E_VERSION once one is set. */
+START_TEST(default_functions_respect_caller_size)
+{
+    struct {
+        kd_context_config base;
+        uint64_t future_field;
+    } big;
+    memset(&big, 0xAB, sizeof big);
+    kd_context_config_default_sized(&big.base, sizeof big);
+    ck_assert_uint_eq(big.base.struct_size, sizeof big);
+    ck_assert_uint_eq(big.future_field, 0);
+    ck_assert_uint_eq(big.base.threads, 1);
+    kd_context *ctx = NULL;
+    ck_assert_int_eq(kd_context_create(&big.base, &ctx), KD_OK);
+    kd_context_destroy(ctx);
+    big.future_field = 7;
+    ctx = NULL;
+    ck_assert_int_eq(kd_context_create(&big.base, &ctx), KD_E_VERSION);
+
+    /* An older caller whose struct ends after `threads`: bytes beyond that
+     * size are untouched and struct_size records the older size. */
+    const size_t old_size = offsetof(kd_context_config, threads) + sizeof(int);
+    unsigned char buf[sizeof(kd_context_config) + 16];
+    memset(buf, 0x5A, sizeof buf);
+    kd_context_config_default_sized((kd_context_config *)(void *)buf, old_size);
+    for (size_t i = old_size; i < sizeof buf; i++) ck_assert_uint_eq(buf[i], 0x5A);
+    uint32_t ss;
+    memcpy(&ss, buf, sizeof ss);
+    ck_assert_uint_eq(ss, old_size);
+
+    /* Every macro passes the full size of its type. */
+    kd_loss_batch b;
+    memset(&b, 0xFF, sizeof b);
+    kd_loss_batch_default(&b);
+    ck_assert_uint_eq(b.struct_size, sizeof b);
+    ck_assert_int_eq(b.ignore_index, KD_LOSS_IGNORE_INDEX);
+    kd_optimizer_config oc;
+    kd_optimizer_config_default(&oc, KD_OPTIM_SGD);
+    ck_assert_uint_eq(oc.struct_size, sizeof oc);
+    ck_assert_int_eq(oc.kind, KD_OPTIM_SGD);
+    /* NULL and sizes below the struct_size field are no-ops. */
+    kd_loss_batch_default(NULL);
+    kd_context_config_default_sized((kd_context_config *)(void *)buf, 3);
+    ck_assert_uint_eq(buf[0], (unsigned char)(old_size & 0xFF));
 }
 END_TEST
 
@@ -286,6 +337,7 @@ Suite *kd_test_suite(void)
     tcase_add_test(tc, status_strings_pinned);
     tcase_add_test(tc, context_create_hostile);
     tcase_add_test(tc, context_config_from_newer_caller);
+    tcase_add_test(tc, default_functions_respect_caller_size);
     tcase_add_test(tc, context_errors_and_accessors);
     tcase_add_test(tc, context_allocator_failure);
     tcase_add_test(tc, context_in_arena);

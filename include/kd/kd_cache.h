@@ -75,7 +75,8 @@ typedef struct kd_cache_config {
 } kd_cache_config;
 
 /** Defaults; struct_size set. No-op for NULL. */
-KD_API void kd_cache_config_default(kd_cache_config *cfg);
+KD_API void kd_cache_config_default_sized(kd_cache_config *cfg, size_t size);
+#define kd_cache_config_default(cfg) kd_cache_config_default_sized((cfg), sizeof(kd_cache_config))
 
 /* ---- writing ---------------------------------------------------------------- */
 

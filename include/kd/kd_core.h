@@ -145,7 +145,8 @@ typedef struct kd_context_config {
 } kd_context_config;
 
 /** Fills *cfg with defaults (struct_size set). No-op when cfg is NULL. */
-KD_API void kd_context_config_default(kd_context_config *cfg);
+KD_API void kd_context_config_default_sized(kd_context_config *cfg, size_t size);
+#define kd_context_config_default(cfg) kd_context_config_default_sized((cfg), sizeof(kd_context_config))
 
 typedef struct kd_context kd_context;
 

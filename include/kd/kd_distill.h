@@ -115,7 +115,8 @@ typedef struct kd_student_config {
 } kd_student_config;
 
 /** Defaults; struct_size set. No-op when cfg is NULL. */
-KD_API void kd_student_config_default(kd_student_config *cfg);
+KD_API void kd_student_config_default_sized(kd_student_config *cfg, size_t size);
+#define kd_student_config_default(cfg) kd_student_config_default_sized((cfg), sizeof(kd_student_config))
 
 /**
  * A student over model m updated by opt (both borrowed; opt must have been
@@ -256,7 +257,8 @@ typedef struct kd_fit_config {
 } kd_fit_config;
 
 /** Defaults; struct_size set. No-op when cfg is NULL. */
-KD_API void kd_fit_config_default(kd_fit_config *cfg);
+KD_API void kd_fit_config_default_sized(kd_fit_config *cfg, size_t size);
+#define kd_fit_config_default(cfg) kd_fit_config_default_sized((cfg), sizeof(kd_fit_config))
 
 /**
  * Trains s on ds for cfg->epochs epochs; teacher may be NULL (labels only).

@@ -135,7 +135,8 @@ typedef struct kd_sparse_logits {
 } kd_sparse_logits;
 
 /** Fills *s with defaults (struct_size set, everything else 0/NULL). */
-KD_API void kd_sparse_logits_default(kd_sparse_logits *s);
+KD_API void kd_sparse_logits_default_sized(kd_sparse_logits *s, size_t size);
+#define kd_sparse_logits_default(s) kd_sparse_logits_default_sized((s), sizeof(kd_sparse_logits))
 
 /* ---- the batch a loss sees ---------------------------------------------- */
 
@@ -171,7 +172,8 @@ typedef struct kd_loss_batch {
 } kd_loss_batch;
 
 /** Fills *b with defaults: struct_size set, ignore_index = -100, rest 0/NULL. */
-KD_API void kd_loss_batch_default(kd_loss_batch *b);
+KD_API void kd_loss_batch_default_sized(kd_loss_batch *b, size_t size);
+#define kd_loss_batch_default(b) kd_loss_batch_default_sized((b), sizeof(kd_loss_batch))
 
 /**
  * Where gradients go. Each non-NULL array (same shape as the matching input)
@@ -187,7 +189,8 @@ typedef struct kd_loss_grad {
 } kd_loss_grad;
 
 /** Fills *g with defaults (struct_size set, scale 1, arrays NULL). */
-KD_API void kd_loss_grad_default(kd_loss_grad *g);
+KD_API void kd_loss_grad_default_sized(kd_loss_grad *g, size_t size);
+#define kd_loss_grad_default(g) kd_loss_grad_default_sized((g), sizeof(kd_loss_grad))
 
 /**
  * A trainable parameter of a loss (e.g. the FitNets projection). data and
@@ -332,7 +335,8 @@ typedef struct kd_loss_ce_config {
      *  is masked). Default 0. */
     float label_smoothing;
 } kd_loss_ce_config;
-KD_API void kd_loss_ce_config_default(kd_loss_ce_config *cfg);
+KD_API void kd_loss_ce_config_default_sized(kd_loss_ce_config *cfg, size_t size);
+#define kd_loss_ce_config_default(cfg) kd_loss_ce_config_default_sized((cfg), sizeof(kd_loss_ce_config))
 KD_API const kd_loss_vtable *kd_loss_cross_entropy(void);
 
 /**
@@ -348,7 +352,8 @@ typedef struct kd_loss_hinton_config {
     float alpha;                     /**< weight of the KD term in [0, 1], default 0.9 */
     float label_smoothing;           /**< of the CE term, default 0 */
 } kd_loss_hinton_config;
-KD_API void kd_loss_hinton_config_default(kd_loss_hinton_config *cfg);
+KD_API void kd_loss_hinton_config_default_sized(kd_loss_hinton_config *cfg, size_t size);
+#define kd_loss_hinton_config_default(cfg) kd_loss_hinton_config_default_sized((cfg), sizeof(kd_loss_hinton_config))
 KD_API const kd_loss_vtable *kd_loss_hinton(void);
 
 /**
@@ -367,7 +372,8 @@ typedef struct kd_loss_divergence_config {
     float jsd_beta;                  /**< in (0, 1), default 0.5 */
     float skew_alpha;                /**< a in [0, 1), default 0.1 */
 } kd_loss_divergence_config;
-KD_API void kd_loss_divergence_config_default(kd_loss_divergence_config *cfg);
+KD_API void kd_loss_divergence_config_default_sized(kd_loss_divergence_config *cfg, size_t size);
+#define kd_loss_divergence_config_default(cfg) kd_loss_divergence_config_default_sized((cfg), sizeof(kd_loss_divergence_config))
 KD_API const kd_loss_vtable *kd_loss_reverse_kl(void);
 KD_API const kd_loss_vtable *kd_loss_jsd(void);
 KD_API const kd_loss_vtable *kd_loss_skew_kl(void);
@@ -409,7 +415,8 @@ typedef struct kd_loss_taid_config {
     int adaptive;                    /**< 1 (default): paper's adaptive update; 0: linear only */
     kd_taid_mix mix;                 /**< default KD_TAID_MIX_PROBS */
 } kd_loss_taid_config;
-KD_API void kd_loss_taid_config_default(kd_loss_taid_config *cfg);
+KD_API void kd_loss_taid_config_default_sized(kd_loss_taid_config *cfg, size_t size);
+#define kd_loss_taid_config_default(cfg) kd_loss_taid_config_default_sized((cfg), sizeof(kd_loss_taid_config))
 KD_API const kd_loss_vtable *kd_loss_taid(void);
 /** Current interpolation coefficient t of a TAID loss; KD_E_INVALID for other losses. */
 KD_API kd_status kd_loss_taid_t(const kd_loss *loss, double *t);
@@ -428,7 +435,8 @@ typedef struct kd_loss_dkd_config {
     float alpha;                     /**< TCKD weight >= 0, default 1 */
     float beta;                      /**< NCKD weight >= 0, default 8 */
 } kd_loss_dkd_config;
-KD_API void kd_loss_dkd_config_default(kd_loss_dkd_config *cfg);
+KD_API void kd_loss_dkd_config_default_sized(kd_loss_dkd_config *cfg, size_t size);
+#define kd_loss_dkd_config_default(cfg) kd_loss_dkd_config_default_sized((cfg), sizeof(kd_loss_dkd_config))
 KD_API const kd_loss_vtable *kd_loss_dkd(void);
 
 /**
@@ -449,7 +457,8 @@ typedef struct kd_loss_feature_config {
     int projection;                  /**< 1 (default): trainable linear map; 0: identity */
     float cosine_eps;                /**< default 1e-8 */
 } kd_loss_feature_config;
-KD_API void kd_loss_feature_config_default(kd_loss_feature_config *cfg);
+KD_API void kd_loss_feature_config_default_sized(kd_loss_feature_config *cfg, size_t size);
+#define kd_loss_feature_config_default(cfg) kd_loss_feature_config_default_sized((cfg), sizeof(kd_loss_feature_config))
 KD_API const kd_loss_vtable *kd_loss_feature_mse(void);
 KD_API const kd_loss_vtable *kd_loss_feature_cosine(void);
 
@@ -470,7 +479,8 @@ typedef struct kd_loss_rkd_config {
     uint32_t struct_size;            /**< sizeof(kd_loss_rkd_config) */
     float huber_delta;               /**< > 0, default 1 (PyTorch's smooth_l1_loss beta) */
 } kd_loss_rkd_config;
-KD_API void kd_loss_rkd_config_default(kd_loss_rkd_config *cfg);
+KD_API void kd_loss_rkd_config_default_sized(kd_loss_rkd_config *cfg, size_t size);
+#define kd_loss_rkd_config_default(cfg) kd_loss_rkd_config_default_sized((cfg), sizeof(kd_loss_rkd_config))
 KD_API const kd_loss_vtable *kd_loss_rkd_distance(void);
 KD_API const kd_loss_vtable *kd_loss_rkd_angle(void);
 
@@ -494,7 +504,8 @@ typedef struct kd_loss_rank_config {
     kd_loss_reduction reduction;
     float temperature;               /**< listwise KL only, T > 0, default 1 */
 } kd_loss_rank_config;
-KD_API void kd_loss_rank_config_default(kd_loss_rank_config *cfg);
+KD_API void kd_loss_rank_config_default_sized(kd_loss_rank_config *cfg, size_t size);
+#define kd_loss_rank_config_default(cfg) kd_loss_rank_config_default_sized((cfg), sizeof(kd_loss_rank_config))
 KD_API const kd_loss_vtable *kd_loss_margin_mse(void);
 KD_API const kd_loss_vtable *kd_loss_listwise_kl(void);
 

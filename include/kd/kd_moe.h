@@ -152,7 +152,8 @@ typedef struct kd_router_config {
     uint64_t hash_seed;    /**< hash routing (default 0) */
 } kd_router_config;
 
-KD_API void kd_router_config_default(kd_router_config *cfg);
+KD_API void kd_router_config_default_sized(kd_router_config *cfg, size_t size);
+#define kd_router_config_default(cfg) kd_router_config_default_sized((cfg), sizeof(kd_router_config))
 
 /**
  * The vtable of a built-in router. Its state is a kd_router_config whose
@@ -191,7 +192,8 @@ typedef struct kd_moe_config {
     kd_router_config router;    /**< built-in router (copied) */
 } kd_moe_config;
 
-KD_API void kd_moe_config_default(kd_moe_config *cfg);
+KD_API void kd_moe_config_default_sized(kd_moe_config *cfg, size_t size);
+#define kd_moe_config_default(cfg) kd_moe_config_default_sized((cfg), sizeof(kd_moe_config))
 
 typedef struct kd_moe kd_moe;
 

@@ -267,7 +267,8 @@ typedef struct kd_optimizer_config {
 } kd_optimizer_config;
 
 /** Defaults for kind (AdamW or SGD); struct_size set. No-op when cfg is NULL. */
-KD_API void kd_optimizer_config_default(kd_optimizer_config *cfg, kd_optimizer_kind kind);
+KD_API void kd_optimizer_config_default_sized(kd_optimizer_config *cfg, kd_optimizer_kind kind, size_t size);
+#define kd_optimizer_config_default(cfg, kind) kd_optimizer_config_default_sized((cfg), (kind), sizeof(kd_optimizer_config))
 
 typedef struct kd_optimizer kd_optimizer;
 
@@ -311,7 +312,8 @@ typedef struct kd_schedule_config {
 } kd_schedule_config;
 
 /** Defaults (constant 1e-3); struct_size set. No-op when cfg is NULL. */
-KD_API void kd_schedule_config_default(kd_schedule_config *cfg);
+KD_API void kd_schedule_config_default_sized(kd_schedule_config *cfg, size_t size);
+#define kd_schedule_config_default(cfg) kd_schedule_config_default_sized((cfg), sizeof(kd_schedule_config))
 
 /**
  * Learning rate for step (0-based: the rate for the step-th update).

@@ -155,7 +155,8 @@ typedef struct kd_sparse_index_config {
     float quant_max;
 } kd_sparse_index_config;
 
-KD_API void kd_sparse_index_config_default(kd_sparse_index_config *cfg);
+KD_API void kd_sparse_index_config_default_sized(kd_sparse_index_config *cfg, size_t size);
+#define kd_sparse_index_config_default(cfg) kd_sparse_index_config_default_sized((cfg), sizeof(kd_sparse_index_config))
 
 typedef struct kd_sparse_index_builder kd_sparse_index_builder;
 typedef struct kd_sparse_index kd_sparse_index;
@@ -227,7 +228,8 @@ typedef struct kd_sparse_search_config {
     int threads;          /**< batch search: 0 = the context's thread count */
 } kd_sparse_search_config;
 
-KD_API void kd_sparse_search_config_default(kd_sparse_search_config *cfg);
+KD_API void kd_sparse_search_config_default_sized(kd_sparse_search_config *cfg, size_t size);
+#define kd_sparse_search_config_default(cfg) kd_sparse_search_config_default_sized((cfg), sizeof(kd_sparse_search_config))
 
 /**
  * Top-k search for one query. ctx: scratch + errors (NULL: the index's own

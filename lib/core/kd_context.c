@@ -21,15 +21,16 @@ static void kd_free_hook(void *opaque, void *ptr)
 #define KD_DEFAULT_SEED 0x6b64u
 #define KD_MAX_THREADS 1024
 
-void kd_context_config_default(kd_context_config *cfg)
+void kd_context_config_default_sized(kd_context_config *out, size_t size)
 {
-    if (!cfg) return;
+    kd_context_config d, *cfg = &d;
     memset(cfg, 0, sizeof *cfg);
     cfg->struct_size = (uint32_t)sizeof *cfg;
     cfg->threads = 1;
     cfg->seed = KD_DEFAULT_SEED;
     cfg->log_level = KD_LOG_WARN;
     cfg->gemm = KD_GEMM_AUTO;
+    kd__default_out(out, size, cfg, sizeof *cfg);
 }
 
 /* Reports a create-time failure through the caller's log callback: there is
@@ -233,6 +234,18 @@ kd_status kd__config_copy(void *dst, size_t dst_size, const void *src, size_t sr
     memcpy(dst, src, src_size);
     ((uint32_t *)dst)[0] = (uint32_t)dst_size;
     return KD_OK;
+}
+
+void kd__default_out(void *out, size_t size, void *full, size_t full_size)
+{
+    if (!out || size < sizeof(uint32_t)) return;
+    uint32_t caller = size > UINT32_MAX ? UINT32_MAX : (uint32_t)size;
+    memcpy(full, &caller, sizeof caller);
+    if (size > full_size) {
+        memset((unsigned char *)out + full_size, 0, size - full_size);
+        size = full_size;
+    }
+    memcpy(out, full, size);
 }
 
 /* ---- memory ---------------------------------------------------------- */

@@ -74,6 +74,15 @@ size_t kd__fmt(char *buf, size_t size, const char *fmt, ...)
 kd_status kd__config_copy(void *dst, size_t dst_size, const void *src, size_t src_size,
                           size_t min_size);
 
+/* The body of every kd_X_default_sized(out, size): copies the library's
+ * defaults (`full`, full_size bytes, struct_size first) into the caller's
+ * struct of `size` bytes - the caller's compile-time sizeof, passed by the
+ * kd_X_default() macro. Zeroes a newer caller's tail the library does not
+ * know and sets struct_size to the caller's size, so a field the caller sets
+ * there is reported (KD_E_VERSION) instead of ignored. No-op for NULL or a
+ * size below the struct_size field. */
+void kd__default_out(void *out, size_t size, void *full, size_t full_size);
+
 /* ---- memory ---------------------------------------------------------- */
 
 /* Overflow-checked size arithmetic: return 1 on overflow, 0 otherwise. */

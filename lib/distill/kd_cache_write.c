@@ -33,9 +33,9 @@ struct kd_cache_writer {
     uint32_t block_count;     /* positions pending */
 };
 
-void kd_cache_config_default(kd_cache_config *cfg)
+void kd_cache_config_default_sized(kd_cache_config *out, size_t size)
 {
-    if (!cfg) return;
+    kd_cache_config d, *cfg = &d;
     memset(cfg, 0, sizeof *cfg);
     cfg->struct_size = (uint32_t)sizeof *cfg;
     cfg->k = 50;
@@ -43,6 +43,7 @@ void kd_cache_config_default(kd_cache_config *cfg)
     cfg->value_scale = 128;
     cfg->block_positions = 128;
     cfg->batch = 64;
+    kd__default_out(out, size, cfg, sizeof *cfg);
 }
 
 static int fault(const char *op)

@@ -19,15 +19,16 @@ static double now_seconds(void)
 #endif
 }
 
-void kd_fit_config_default(kd_fit_config *cfg)
+void kd_fit_config_default_sized(kd_fit_config *out, size_t size)
 {
-    if (!cfg) return;
+    kd_fit_config d, *cfg = &d;
     memset(cfg, 0, sizeof *cfg);
     cfg->struct_size = (uint32_t)sizeof *cfg;
     cfg->epochs = 1;
     cfg->batch = 128;
     cfg->seed = 1;
     cfg->cache_teacher = 1;
+    kd__default_out(out, size, cfg, sizeof *cfg);
 }
 
 kd_status kd__check_dataset(kd_context *ctx, const kd_dataset *ds, size_t dim, const char *fn)

@@ -8,27 +8,30 @@
 /* Slots of abi_version 1 end after `param`. */
 #define KD_LOSS_V1_SLOTS 1u
 
-void kd_sparse_logits_default(kd_sparse_logits *s)
+void kd_sparse_logits_default_sized(kd_sparse_logits *out, size_t size)
 {
-    if (!s) return;
+    kd_sparse_logits d, *s = &d;
     memset(s, 0, sizeof *s);
     s->struct_size = (uint32_t)sizeof *s;
+    kd__default_out(out, size, s, sizeof *s);
 }
 
-void kd_loss_batch_default(kd_loss_batch *b)
+void kd_loss_batch_default_sized(kd_loss_batch *out, size_t size)
 {
-    if (!b) return;
+    kd_loss_batch d, *b = &d;
     memset(b, 0, sizeof *b);
     b->struct_size = (uint32_t)sizeof *b;
     b->ignore_index = KD_LOSS_IGNORE_INDEX;
+    kd__default_out(out, size, b, sizeof *b);
 }
 
-void kd_loss_grad_default(kd_loss_grad *g)
+void kd_loss_grad_default_sized(kd_loss_grad *out, size_t size)
 {
-    if (!g) return;
+    kd_loss_grad d, *g = &d;
     memset(g, 0, sizeof *g);
     g->struct_size = (uint32_t)sizeof *g;
     g->scale = 1.0f;
+    kd__default_out(out, size, g, sizeof *g);
 }
 
 kd_status kd__loss_config(kd_loss *loss, void *dst, size_t dst_size, const void *src,

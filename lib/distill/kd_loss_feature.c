@@ -15,14 +15,15 @@ typedef struct {
     double *r, *dr;            /* per-row scratch, Dt each (same block) */
 } feat_state;
 
-void kd_loss_feature_config_default(kd_loss_feature_config *cfg)
+void kd_loss_feature_config_default_sized(kd_loss_feature_config *out, size_t size)
 {
-    if (!cfg) return;
+    kd_loss_feature_config d, *cfg = &d;
     memset(cfg, 0, sizeof *cfg);
     cfg->struct_size = (uint32_t)sizeof *cfg;
     cfg->reduction = KD_REDUCE_MEAN;
     cfg->projection = 1;
     cfg->cosine_eps = 1e-8f;
+    kd__default_out(out, size, cfg, sizeof *cfg);
 }
 
 static kd_status feat_create(kd_loss *loss, feat_state *s, const void *config, int cosine)
@@ -205,12 +206,13 @@ typedef struct {
     int angle;
 } rkd_state;
 
-void kd_loss_rkd_config_default(kd_loss_rkd_config *cfg)
+void kd_loss_rkd_config_default_sized(kd_loss_rkd_config *out, size_t size)
 {
-    if (!cfg) return;
+    kd_loss_rkd_config d, *cfg = &d;
     memset(cfg, 0, sizeof *cfg);
     cfg->struct_size = (uint32_t)sizeof *cfg;
     cfg->huber_delta = 1.0f;
+    kd__default_out(out, size, cfg, sizeof *cfg);
 }
 
 static kd_status rkd_create(kd_loss *loss, rkd_state *s, const void *config, int angle)

@@ -162,12 +162,13 @@ typedef struct {
     kd_loss_ce_config cfg;
 } ce_state;
 
-void kd_loss_ce_config_default(kd_loss_ce_config *cfg)
+void kd_loss_ce_config_default_sized(kd_loss_ce_config *out, size_t size)
 {
-    if (!cfg) return;
+    kd_loss_ce_config d, *cfg = &d;
     memset(cfg, 0, sizeof *cfg);
     cfg->struct_size = (uint32_t)sizeof *cfg;
     cfg->reduction = KD_REDUCE_MEAN;
+    kd__default_out(out, size, cfg, sizeof *cfg);
 }
 
 static kd_status ce_create(kd_loss *loss, void *state, const void *config)
@@ -219,14 +220,15 @@ typedef struct {
     kd_loss_hinton_config cfg;
 } hinton_state;
 
-void kd_loss_hinton_config_default(kd_loss_hinton_config *cfg)
+void kd_loss_hinton_config_default_sized(kd_loss_hinton_config *out, size_t size)
 {
-    if (!cfg) return;
+    kd_loss_hinton_config d, *cfg = &d;
     memset(cfg, 0, sizeof *cfg);
     cfg->struct_size = (uint32_t)sizeof *cfg;
     cfg->reduction = KD_REDUCE_MEAN;
     cfg->temperature = 4.0f;
     cfg->alpha = 0.9f;
+    kd__default_out(out, size, cfg, sizeof *cfg);
 }
 
 static kd_status hinton_create(kd_loss *loss, void *state, const void *config)
@@ -303,15 +305,16 @@ typedef struct {
     double c, lc, l1c; /* the mixing coefficient, log c, log(1 - c) */
 } div_state;
 
-void kd_loss_divergence_config_default(kd_loss_divergence_config *cfg)
+void kd_loss_divergence_config_default_sized(kd_loss_divergence_config *out, size_t size)
 {
-    if (!cfg) return;
+    kd_loss_divergence_config d, *cfg = &d;
     memset(cfg, 0, sizeof *cfg);
     cfg->struct_size = (uint32_t)sizeof *cfg;
     cfg->reduction = KD_REDUCE_MEAN;
     cfg->temperature = 1.0f;
     cfg->jsd_beta = 0.5f;
     cfg->skew_alpha = 0.1f;
+    kd__default_out(out, size, cfg, sizeof *cfg);
 }
 
 static kd_status div_create(kd_loss *loss, div_state *s, const void *config, int kind)
@@ -469,9 +472,9 @@ typedef struct {
     int have_last;
 } taid_state;
 
-void kd_loss_taid_config_default(kd_loss_taid_config *cfg)
+void kd_loss_taid_config_default_sized(kd_loss_taid_config *out, size_t size)
 {
-    if (!cfg) return;
+    kd_loss_taid_config d, *cfg = &d;
     memset(cfg, 0, sizeof *cfg);
     cfg->struct_size = (uint32_t)sizeof *cfg;
     cfg->reduction = KD_REDUCE_MEAN;
@@ -482,6 +485,7 @@ void kd_loss_taid_config_default(kd_loss_taid_config *cfg)
     cfg->beta = 0.99f;
     cfg->adaptive = 1;
     cfg->mix = KD_TAID_MIX_PROBS;
+    kd__default_out(out, size, cfg, sizeof *cfg);
 }
 
 static kd_status taid_create(kd_loss *loss, void *state, const void *config)
@@ -634,15 +638,16 @@ typedef struct {
     kd_loss_dkd_config cfg;
 } dkd_state;
 
-void kd_loss_dkd_config_default(kd_loss_dkd_config *cfg)
+void kd_loss_dkd_config_default_sized(kd_loss_dkd_config *out, size_t size)
 {
-    if (!cfg) return;
+    kd_loss_dkd_config d, *cfg = &d;
     memset(cfg, 0, sizeof *cfg);
     cfg->struct_size = (uint32_t)sizeof *cfg;
     cfg->reduction = KD_REDUCE_MEAN;
     cfg->temperature = 4.0f;
     cfg->alpha = 1.0f;
     cfg->beta = 8.0f;
+    kd__default_out(out, size, cfg, sizeof *cfg);
 }
 
 static kd_status dkd_create(kd_loss *loss, void *state, const void *config)

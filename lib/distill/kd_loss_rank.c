@@ -11,13 +11,14 @@ typedef struct {
     int listwise;
 } rank_state;
 
-void kd_loss_rank_config_default(kd_loss_rank_config *cfg)
+void kd_loss_rank_config_default_sized(kd_loss_rank_config *out, size_t size)
 {
-    if (!cfg) return;
+    kd_loss_rank_config d, *cfg = &d;
     memset(cfg, 0, sizeof *cfg);
     cfg->struct_size = (uint32_t)sizeof *cfg;
     cfg->reduction = KD_REDUCE_MEAN;
     cfg->temperature = 1.0f;
+    kd__default_out(out, size, cfg, sizeof *cfg);
 }
 
 static kd_status rank_create(kd_loss *loss, rank_state *s, const void *config, int listwise)

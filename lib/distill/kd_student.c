@@ -27,11 +27,12 @@ struct kd_student {
     size_t dlogits_len;
 };
 
-void kd_student_config_default(kd_student_config *cfg)
+void kd_student_config_default_sized(kd_student_config *out, size_t size)
 {
-    if (!cfg) return;
+    kd_student_config d, *cfg = &d;
     memset(cfg, 0, sizeof *cfg);
     cfg->struct_size = (uint32_t)sizeof *cfg;
+    kd__default_out(out, size, cfg, sizeof *cfg);
 }
 
 kd_status kd_student_create(kd_context *ctx, kd_model *m, kd_optimizer *opt,

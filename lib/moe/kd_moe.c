@@ -7,9 +7,9 @@
 #include "kd_moe_internal.h"
 
 
-KD_API void kd_moe_config_default(kd_moe_config *cfg)
+KD_API void kd_moe_config_default_sized(kd_moe_config *out, size_t size)
 {
-    if (!cfg) return;
+    kd_moe_config d, *cfg = &d;
     memset(cfg, 0, sizeof *cfg);
     cfg->struct_size = sizeof *cfg;
     cfg->top_k = 2;
@@ -17,6 +17,7 @@ KD_API void kd_moe_config_default(kd_moe_config *cfg)
     cfg->gate = KD_MOE_GATE_LINEAR;
     cfg->cosine_dim = 16;
     kd_router_config_default(&cfg->router);
+    kd__default_out(out, size, cfg, sizeof *cfg);
 }
 
 KD_API kd_status kd_moe_create(kd_context *ctx, const kd_moe_config *cfg, kd_moe **out)

@@ -306,12 +306,13 @@ KD_API const kd_router_vtable *kd_router_builtin(kd_router_kind kind)
     return NULL;
 }
 
-KD_API void kd_router_config_default(kd_router_config *cfg)
+KD_API void kd_router_config_default_sized(kd_router_config *out, size_t size)
 {
-    if (!cfg) return;
+    kd_router_config d, *cfg = &d;
     memset(cfg, 0, sizeof *cfg);
     cfg->struct_size = sizeof *cfg;
     cfg->kind = KD_ROUTER_TOPK;
     cfg->noise_std = 1.0f;
     cfg->threshold = 0.5f;
+    kd__default_out(out, size, cfg, sizeof *cfg);
 }

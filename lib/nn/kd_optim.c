@@ -17,9 +17,9 @@ struct kd_optimizer {
     uint64_t steps;
 };
 
-void kd_optimizer_config_default(kd_optimizer_config *cfg, kd_optimizer_kind kind)
+void kd_optimizer_config_default_sized(kd_optimizer_config *out, kd_optimizer_kind kind, size_t size)
 {
-    if (!cfg) return;
+    kd_optimizer_config d, *cfg = &d;
     memset(cfg, 0, sizeof *cfg);
     cfg->struct_size = sizeof *cfg;
     cfg->kind = kind == KD_OPTIM_SGD ? KD_OPTIM_SGD : KD_OPTIM_ADAMW;
@@ -28,6 +28,7 @@ void kd_optimizer_config_default(kd_optimizer_config *cfg, kd_optimizer_kind kin
     cfg->beta1 = 0.9f;
     cfg->beta2 = 0.999f;
     cfg->eps = 1e-8f;
+    kd__default_out(out, size, cfg, sizeof *cfg);
 }
 
 static int finite_nonneg(float x)
@@ -183,9 +184,9 @@ kd_status kd_optimizer_step(kd_optimizer *o)
 
 /* ---- schedules ------------------------------------------------------------- */
 
-void kd_schedule_config_default(kd_schedule_config *cfg)
+void kd_schedule_config_default_sized(kd_schedule_config *out, size_t size)
 {
-    if (!cfg) return;
+    kd_schedule_config d, *cfg = &d;
     memset(cfg, 0, sizeof *cfg);
     cfg->struct_size = sizeof *cfg;
     cfg->kind = KD_SCHEDULE_CONSTANT;
@@ -195,6 +196,7 @@ void kd_schedule_config_default(kd_schedule_config *cfg)
     cfg->total_steps = 1000;
     cfg->step_size = 100;
     cfg->gamma = 0.1f;
+    kd__default_out(out, size, cfg, sizeof *cfg);
 }
 
 static kd_status sched_fail(kd_context *ctx, const char *why)

@@ -64,13 +64,14 @@ static size_t packed_bytes(size_t n, unsigned w) { return (n * w + 7) / 8; }
 
 /* ---- configuration ---------------------------------------------------- */
 
-void kd_sparse_index_config_default(kd_sparse_index_config *cfg)
+void kd_sparse_index_config_default_sized(kd_sparse_index_config *out, size_t size)
 {
-    if (!cfg) return;
+    kd_sparse_index_config d, *cfg = &d;
     memset(cfg, 0, sizeof *cfg);
     cfg->struct_size = sizeof *cfg;
     cfg->quant_bits = 8;
     cfg->quant_max = 0.0f;
+    kd__default_out(out, size, cfg, sizeof *cfg);
 }
 
 /* ---- builder ---------------------------------------------------------- */

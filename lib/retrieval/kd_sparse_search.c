@@ -99,9 +99,9 @@ struct kd__spx_scratch {
 
 /* ---- configuration ---------------------------------------------------- */
 
-void kd_sparse_search_config_default(kd_sparse_search_config *cfg)
+void kd_sparse_search_config_default_sized(kd_sparse_search_config *out, size_t size)
 {
-    if (!cfg) return;
+    kd_sparse_search_config d, *cfg = &d;
     memset(cfg, 0, sizeof *cfg);
     cfg->struct_size = sizeof *cfg;
     cfg->algo = KD_SPARSE_MAXSCORE;
@@ -110,6 +110,7 @@ void kd_sparse_search_config_default(kd_sparse_search_config *cfg)
     cfg->bm25_k1 = 0.9f;
     cfg->bm25_b = 0.4f;
     cfg->threads = 0;
+    kd__default_out(out, size, cfg, sizeof *cfg);
 }
 
 kd_status kd__spx_search_config(kd_context *ctx, const kd_sparse_search_config *in,

@@ -1,8 +1,10 @@
 """Low-level ctypes declarations of libkd's C API (include/kd/*.h).
 
 Only what the Python layer uses is declared. Struct layouts mirror the C
-headers field by field; every config struct is filled by its C *_default()
-function first, so fields added later by the library keep their defaults.
+headers field by field; every config struct is filled by its C
+kd_X_default_sized() function first, passing this module's ctypes size of the
+struct (what the C macro kd_X_default() passes as sizeof), so fields added
+later by the library keep their defaults and are never written past the end.
 """
 import ctypes
 import ctypes.util
@@ -127,12 +129,19 @@ def _fn(name, restype, *argtypes):
     return f
 
 
+def _default(name, struct, *extra):
+    """kd_<name>_default(p[, extra]) as the C macro expands it."""
+    f = _fn("kd_" + name + "_default_sized", None, POINTER(struct), *extra, c_size_t)
+    size = ctypes.sizeof(struct)
+    return lambda p, *args: f(p, *args, size)
+
+
 P = c_void_p  # opaque handles
 PP = POINTER(c_void_p)
 
 version_string = _fn("kd_version_string", c_char_p)
 status_string = _fn("kd_status_string", c_char_p, c_int)
-context_config_default = _fn("kd_context_config_default", None, POINTER(ContextConfig))
+context_config_default = _default("context_config", ContextConfig)
 context_create = _fn("kd_context_create", c_status, POINTER(ContextConfig), PP)
 context_destroy = _fn("kd_context_destroy", None, P)
 context_last_error = _fn("kd_context_last_error", c_char_p, P)
@@ -162,8 +171,7 @@ model_save_memory = _fn("kd_model_save_memory", c_status, P, c_void_p, c_size_t,
 model_load = _fn("kd_model_load", c_status, P, c_char_p, PP)
 model_load_memory = _fn("kd_model_load_memory", c_status, P, c_void_p, c_size_t, PP)
 
-optimizer_config_default = _fn("kd_optimizer_config_default", None, POINTER(OptimizerConfig),
-                               c_int)
+optimizer_config_default = _default("optimizer_config", OptimizerConfig, c_int)
 optimizer_create = _fn("kd_optimizer_create", c_status, P, POINTER(OptimizerConfig), PP)
 optimizer_destroy = _fn("kd_optimizer_destroy", None, P)
 optimizer_step = _fn("kd_optimizer_step", c_status, P)
@@ -174,12 +182,11 @@ loss_compute = _fn("kd_loss_compute", c_status, P, POINTER(LossBatch), POINTER(c
                    POINTER(LossGrad))
 loss_name = _fn("kd_loss_name", c_char_p, P)
 loss_context = _fn("kd_loss_context", P, P)
-loss_batch_default = _fn("kd_loss_batch_default", None, POINTER(LossBatch))
-loss_grad_default = _fn("kd_loss_grad_default", None, POINTER(LossGrad))
-loss_ce_config_default = _fn("kd_loss_ce_config_default", None, POINTER(CeConfig))
-loss_hinton_config_default = _fn("kd_loss_hinton_config_default", None, POINTER(HintonConfig))
-loss_divergence_config_default = _fn("kd_loss_divergence_config_default", None,
-                                     POINTER(DivergenceConfig))
+loss_batch_default = _default("loss_batch", LossBatch)
+loss_grad_default = _default("loss_grad", LossGrad)
+loss_ce_config_default = _default("loss_ce_config", CeConfig)
+loss_hinton_config_default = _default("loss_hinton_config", HintonConfig)
+loss_divergence_config_default = _default("loss_divergence_config", DivergenceConfig)
 loss_vtables = {name: _fn("kd_loss_" + name, P) for name in
                 ("cross_entropy", "hinton", "reverse_kl", "jsd", "skew_kl", "skew_reverse_kl")}
 
@@ -189,15 +196,14 @@ teacher_from_model = _fn("kd_teacher_from_model", c_status, P, P, PP)
 teacher_destroy = _fn("kd_teacher_destroy", None, P)
 teacher_logits = _fn("kd_teacher_logits", c_status, P, c_float_p, c_size_t, c_float_p)
 
-student_config_default = _fn("kd_student_config_default", None, POINTER(StudentConfig))
+student_config_default = _default("student_config", StudentConfig)
 student_create = _fn("kd_student_create", c_status, P, P, P, POINTER(StudentConfig), PP)
 student_destroy = _fn("kd_student_destroy", None, P)
 student_add_loss = _fn("kd_student_add_loss", c_status, P, P, c_float, c_uint32)
 student_step = _fn("kd_student_step", c_status, P, c_float_p, c_size_t, c_int32_p, c_float_p,
                    POINTER(StepReport))
 
-sparse_index_config_default = _fn("kd_sparse_index_config_default", None,
-                                  POINTER(SparseIndexConfig))
+sparse_index_config_default = _default("sparse_index_config", SparseIndexConfig)
 sparse_index_builder_create = _fn("kd_sparse_index_builder_create", c_status, P,
                                   POINTER(SparseIndexConfig), PP)
 sparse_index_builder_add = _fn("kd_sparse_index_builder_add", c_status, P, c_uint32, c_uint32_p,
@@ -205,8 +211,7 @@ sparse_index_builder_add = _fn("kd_sparse_index_builder_add", c_status, P, c_uin
 sparse_index_build = _fn("kd_sparse_index_build", c_status, P, PP)
 sparse_index_builder_destroy = _fn("kd_sparse_index_builder_destroy", None, P)
 sparse_index_destroy = _fn("kd_sparse_index_destroy", None, P)
-sparse_search_config_default = _fn("kd_sparse_search_config_default", None,
-                                   POINTER(SparseSearchConfig))
+sparse_search_config_default = _default("sparse_search_config", SparseSearchConfig)
 sparse_index_search = _fn("kd_sparse_index_search", c_status, P, P, POINTER(SparseSearchConfig),
                           c_uint32_p, c_float_p, c_size_t, c_uint32_p, c_size_t, c_size_t,
                           c_uint32_p, c_float_p, c_size_t_p)
