@@ -20,7 +20,12 @@ static double ref_row(int kind, double w, const float *s, const float *t, size_t
         if (!isinf(s[j])) ss += exp(s[j] * inv_t - ms);
         if (!isinf(t[j])) st += exp(t[j] * inv_t - mt);
     }
-    double ls = ms + log(ss), lt = mt + log(st), v = 0, gs = 0;
+    double ls = ms + log(ss), lt = mt + log(st), v = 0, gs = 0, mm = -INFINITY, sm = 0;
+    for (size_t j = 0; j < n; j++)
+        if (!isinf(s[j]) && !isinf(t[j])) mm = fmax(mm, ((1 - w) * s[j] + w * t[j]) * inv_t);
+    for (size_t j = 0; j < n; j++)
+        if (!isinf(s[j]) && !isinf(t[j])) sm += exp(((1 - w) * s[j] + w * t[j]) * inv_t - mm);
+    const double lmix = mm + log(sm);
     double *G = calloc(n, sizeof *G);
     for (size_t j = 0; j < n; j++) {
         double lq = isinf(s[j]) ? -INFINITY : s[j] * inv_t - ls;
@@ -41,6 +46,14 @@ static double ref_row(int kind, double w, const float *s, const float *t, size_t
             if (q > 0) v += (1 - w) * q * (lq - lm);
             G[j] = q > 0 ? (1 - w) * q * (lq - lm) : 0;
             break;
+        case KD__DIV_TAIDL: { /* lm: log-sum-exp of the mixed logits, below */
+            double lpt = (isinf(s[j]) || isinf(t[j])) ? -INFINITY
+                                                      : ((1 - w) * s[j] + w * t[j]) * inv_t - lmix;
+            double pt = exp(lpt);
+            if (pt > 0) v += pt * (lpt - lq);
+            G[j] = -pt;
+            break;
+        }
         default: {
             double pt = (1 - w) * q + w * p;
             if (pt > 0) v += pt * (log(pt) - lq);
@@ -90,16 +103,25 @@ START_TEST(fused_equals_reference)
 {
     const size_t sizes[] = {1, 17, 300, 1029, 32000, 32003};
     const double temps[] = {1, 4, 0.5};
-    for (int kind = 0; kind < 4; kind++)
+    for (int kind = 0; kind <= KD__DIV_TAIDL; kind++)
         for (size_t a = 0; a < 6; a++)
             for (size_t b = 0; b < 3; b++) {
-                double w = kind == KD__DIV_JSD ? 0.3 : kind == KD__DIV_TAID ? 0.6 : 0;
+                double w = kind == KD__DIV_JSD ? 0.3 : kind >= KD__DIV_TAID ? 0.6 : 0;
                 check_dense(kind, w, sizes[a], temps[b], 0, 11 + a * 3 + b);
                 if (sizes[a] >= 17) check_dense(kind, w, sizes[a], temps[b], 1, 91 + a);
             }
     /* TAID endpoints t = 0 (target = student) and t = 1 */
     check_dense(KD__DIV_TAID, 0.0, 5000, 2, 0, 7);
     check_dense(KD__DIV_TAID, 1.0, 5000, 2, 0, 8);
+    check_dense(KD__DIV_TAIDL, 0.0, 5000, 2, 1, 9);
+    check_dense(KD__DIV_TAIDL, 1.0, 5000, 2, 1, 10);
+    /* a row the mixture masks entirely is reported, not NaN */
+    float s1[20], t1[20];
+    for (int j = 0; j < 20; j++) s1[j] = j % 2 ? -INFINITY : 1.0f, t1[j] = j % 2 ? 1.0f : -INFINITY;
+    kd__div dl = {KD__DIV_TAIDL, 1.0, 0.5};
+    ck_assert_uint_eq(kd__vocab_mask_bad(&dl, s1, t1, 20), 1);
+    s1[3] = 0.5f;
+    ck_assert_uint_eq(kd__vocab_mask_bad(&dl, s1, t1, 20), 0);
 }
 END_TEST
 
@@ -159,6 +181,7 @@ START_TEST(sparse_equals_dense_at_k_v)
     kd_loss_taid_config tc;
     kd_loss_taid_config_default(&tc);
     tc.temperature = 3;
+    tc.mix = KD_TAID_MIX_PROBS; /* the mixture a sparse teacher can serve */
     const kd_loss_vtable *vts[] = {kd_loss_hinton(), kd_loss_reverse_kl(), kd_loss_jsd(), kd_loss_taid()};
     const void *cfgs[] = {&hc, &dc, &dc, &tc};
     for (int k = 0; k < 4; k++) {
@@ -357,6 +380,14 @@ START_TEST(sparse_hostile)
     ck_assert_int_eq(loss_run(kd_loss_hinton(), &hc, 1, c, s, NULL, &sp, g, &v), KD_E_INVALID);
     ids[0] = 3, ids[1] = 7;
     ck_assert_int_eq(loss_run(kd_loss_skew_kl(), &dc, 1, c, s, NULL, &sp, g, &v), KD_E_UNSUPPORTED);
+    /* TAID's default mixes logits, which a sparse teacher does not have */
+    kd_loss_taid_config tc;
+    kd_loss_taid_config_default(&tc);
+    ck_assert_int_eq(tc.mix, KD_TAID_MIX_LOGITS);
+    ck_assert_int_eq(loss_run(kd_loss_taid(), &tc, 1, c, s, NULL, &sp, g, &v), KD_E_UNSUPPORTED);
+    tc.mix = KD_TAID_MIX_PROBS;
+    ck_assert_int_eq(loss_run(kd_loss_taid(), &tc, 1, c, s, NULL, &sp, g, &v), KD_OK);
+    memset(g, 0, c * sizeof *g);
     /* a student that masks an id the teacher gives mass */
     s[7] = -INFINITY;
     ck_assert_int_eq(loss_run(kd_loss_hinton(), &hc, 1, c, s, NULL, &sp, g, &v), KD_E_NUMERIC);

@@ -385,8 +385,8 @@ typedef enum kd_taid_mix {
     KD_TAID_MIX_PROBS = 0,
     /** P_t = softmax(((1 - t) stopgrad(s) + t z) / T) (mixture of logits:
      *  the TAID paper's intermediate teacher, "a softmax interpolation of
-     *  detached student logits and teacher logits"; the fused
-     *  vocabulary-scale kernels serve only KD_TAID_MIX_PROBS so far). */
+     *  detached student logits and teacher logits"; the default). Needs dense
+     *  teacher logits: with a sparse teacher, KD_E_UNSUPPORTED. */
     KD_TAID_MIX_LOGITS = 1
 } kd_taid_mix;
 
@@ -413,7 +413,7 @@ typedef struct kd_loss_taid_config {
     float beta;                      /**< momentum in [0, 1), default 0.99 */
     uint64_t total_steps;            /**< length of the linear floor, default 0 */
     int adaptive;                    /**< 1 (default): paper's adaptive update; 0: linear only */
-    kd_taid_mix mix;                 /**< default KD_TAID_MIX_PROBS */
+    kd_taid_mix mix;                 /**< default KD_TAID_MIX_LOGITS (the paper's) */
 } kd_loss_taid_config;
 KD_API void kd_loss_taid_config_default_sized(kd_loss_taid_config *cfg, size_t size);
 #define kd_loss_taid_config_default(cfg) kd_loss_taid_config_default_sized((cfg), sizeof(kd_loss_taid_config))

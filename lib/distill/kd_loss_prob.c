@@ -484,7 +484,7 @@ void kd_loss_taid_config_default_sized(kd_loss_taid_config *out, size_t size)
     cfg->alpha = 5e-4f;
     cfg->beta = 0.99f;
     cfg->adaptive = 1;
-    cfg->mix = KD_TAID_MIX_PROBS;
+    cfg->mix = KD_TAID_MIX_LOGITS;
     kd__default_out(out, size, cfg, sizeof *cfg);
 }
 
@@ -561,14 +561,16 @@ static kd_status taid_compute(kd_loss *loss, void *state, const kd_loss_batch *b
     const size_t ld = b->classes, c = ld;
     const double T = s->cfg.temperature, inv_t = 1.0 / T;
     double norm = kd__reduce_norm(b, s->cfg.reduction, NULL), total = 0;
-    const int fusedp = s->cfg.mix == KD_TAID_MIX_PROBS && use_fused(b, c);
+    const int mix_logits = s->cfg.mix == KD_TAID_MIX_LOGITS;
+    if (mix_logits && !b->teacher_logits)
+        return kd__fail(loss->ctx, KD_E_UNSUPPORTED,
+                        "taid: mix LOGITS needs dense teacher logits (a sparse teacher has no "
+                        "logits to mix outside its k ids); use KD_TAID_MIX_PROBS");
+    const int fusedp = use_fused(b, c);
     if (fusedp) {
-        kd__div fd = {KD__DIV_TAID, inv_t, s->t};
+        kd__div fd = {mix_logits ? KD__DIV_TAIDL : KD__DIV_TAID, inv_t, s->t};
         kd_status st = fused_sweep(loss, &fd, b, norm, 1.0, grad, &total);
         if (st) return st;
-    } else if (!b->teacher_logits) {
-        return kd__fail(loss->ctx, KD_E_UNSUPPORTED,
-                        "taid: mix LOGITS needs dense teacher logits");
     }
     for (int pass = 0; pass < 2 && !fusedp; pass++) {
         if (pass == 1 && !(grad && grad->student_logits && norm > 0)) break;

@@ -9,6 +9,9 @@
  *           per element): ls = lse(z), lt = lse(u).
  *   pass 2  per element lq = z - ls, lp = u - lt; the value term and, for
  *           FKL (q - p) and TAID (t (q - p)), the gradient.
+ *           TAID with mixed logits (the paper's intermediate teacher) takes
+ *           the log-sum-exp of m = ((1 - t) s + t z) / T in pass 1 instead of
+ *           u's and forms the target p_t = exp(m - lse(m)) in pass 2.
  *   pass 3  RKL and JSD only: the gradient needs the row total G = sum_j G_j
  *           (grad_j = G_j - q_j G); reads s and the gradient again.
  * Nothing is materialised besides the caller's gradient; a row of
@@ -176,10 +179,55 @@ KD_CLONES static void lse_pass(const float *s, const float *t, size_t n, float i
     if (t) *lt = mt == -INFINITY ? -INFINITY : (double)mt + log(sum_t);
 }
 
+/* TAID's mixed logits a s + b t (a = (1 - w) / T, b = w / T), -inf where
+ * either side is masked (no 0 * -inf NaN at the endpoints w = 0 or 1). */
+KD_INLINE v16 mixv(v16 sv, v16 tv, float a, float b)
+{
+    v16i fin = (sv > splat(-INFINITY)) & (tv > splat(-INFINITY));
+    return (v16)((fin & (v16i)(sv * splat(a) + tv * splat(b))) | (~fin & (v16i)splat(-INFINITY)));
+}
+
+KD_INLINE void lse_block_mix(const float *s, const float *t, size_t m, float a, float b,
+                             float *run_max, double *run_sum)
+{
+    v16 vm = splat(-INFINITY);
+    size_t j = 0;
+    for (; j + 16 <= m; j += 16) vm = vmax(vm, mixv(ld(s + j), ld(t + j), a, b));
+    if (j < m)
+        vm = vmax(vm, mixv(ldp(s + j, m - j, -INFINITY), ldp(t + j, m - j, -INFINITY), a, b));
+    float bm = hmax(vm);
+    if (bm == -INFINITY) return;
+    if (bm > *run_max) {
+        *run_sum *= exp((double)*run_max - (double)bm);
+        *run_max = bm;
+    }
+    v16 acc = splat(0), mx = splat(*run_max);
+    for (j = 0; j + 16 <= m; j += 16) acc += vexp(mixv(ld(s + j), ld(t + j), a, b) - mx);
+    if (j < m)
+        acc += vexp(mixv(ldp(s + j, m - j, -INFINITY), ldp(t + j, m - j, -INFINITY), a, b) - mx);
+    *run_sum += hsum(acc);
+}
+
+/* lse(s / T) and lse of the mixed logits, in one sweep. */
+KD_CLONES static void lse_pass_mix(const float *s, const float *t, size_t n, float it, float a,
+                                   float b, double *ls, double *lm)
+{
+    float ms = -INFINITY, mm = -INFINITY;
+    double ss = 0, sm = 0;
+    for (size_t o = 0; o < n; o += BLK) {
+        size_t m = n - o < BLK ? n - o : BLK;
+        lse_block(s + o, m, it, &ms, &ss);
+        lse_block_mix(s + o, t + o, m, a, b, &mm, &sm);
+    }
+    *ls = ms == -INFINITY ? -INFINITY : (double)ms + log(ss);
+    *lm = mm == -INFINITY ? -INFINITY : (double)mm + log(sm);
+}
+
 /* ---- pass 2 / 3: dense ------------------------------------------------------- */
 
 typedef struct {
     float it, cs, ct, c, coef, w, lw, l1w;
+    float ma, mb; /* TAIDL: mixed-logit coefficients (1 - w) / T and w / T; ct = lse(mix) */
 } dconst;
 
 /* One vector of pass 2. Returns the value term; *gdelta gets the gradient
@@ -204,6 +252,13 @@ KD_INLINE v16 p2_vec(const int kind, const dconst *k, v16 sv, v16 tv, v16 *gdelt
         val = sel(p > splat(0), splat(k->w) * p * (lp - lm)) + *gpart;
         *gdelta = *gpart;
         break;
+    case KD__DIV_TAIDL: {
+        v16 lpt = mixv(sv, tv, k->ma, k->mb) - splat(k->ct);
+        v16 pt = vexp(lpt);
+        val = sel(pt > splat(0), pt * (lpt - lq));
+        *gdelta = q - pt;
+        break;
+    }
     default: { /* TAID */
         v16 lpt = vlogaddexp(lq + splat(k->l1w), lp + splat(k->lw));
         v16 pt = vexp(lpt);
@@ -289,6 +344,12 @@ KD_CLONES static void dense_taid(const dconst *k, const float *s, const float *t
     double gs;
     *val = pass2(KD__DIV_TAID, k, s, t, n, grad, &gs);
 }
+KD_CLONES static void dense_taidl(const dconst *k, const float *s, const float *t, size_t n,
+                                  float *grad, double *val)
+{
+    double gs;
+    *val = pass2(KD__DIV_TAIDL, k, s, t, n, grad, &gs);
+}
 
 static void div_logs(const kd__div *d, double *lw, double *l1w)
 {
@@ -300,11 +361,14 @@ void kd__vocab_dense_row(const kd__div *d, const float *s, const float *t, size_
                          double coef, float *grad, double *val)
 {
     double ls, lt, lw, l1w;
-    lse_pass(s, t, n, (float)d->inv_t, &ls, &lt);
+    const float ma = (float)((1.0 - d->w) * d->inv_t), mb = (float)(d->w * d->inv_t);
+    if (d->kind == KD__DIV_TAIDL) lse_pass_mix(s, t, n, (float)d->inv_t, ma, mb, &ls, &lt);
+    else lse_pass(s, t, n, (float)d->inv_t, &ls, &lt);
     div_logs(d, &lw, &l1w);
     dconst k = {(float)d->inv_t, (float)ls, (float)lt, (float)(lt - ls), (float)coef,
-                (float)d->w, (float)lw, (float)l1w};
+                (float)d->w, (float)lw, (float)l1w, ma, mb};
     switch (d->kind) {
+    case KD__DIV_TAIDL: dense_taidl(&k, s, t, n, grad, val); break;
     case KD__DIV_FKL: dense_fkl(&k, s, t, n, grad, val); break;
     case KD__DIV_RKL: dense_rkl(&k, s, t, n, grad, val); break;
     case KD__DIV_JSD: dense_jsd(&k, s, t, n, grad, val); break;
@@ -316,6 +380,11 @@ void kd__vocab_dense_row(const kd__div *d, const float *s, const float *t, size_
 size_t kd__vocab_mask_bad(const kd__div *d, const float *s, const float *t, size_t n)
 {
     if (d->kind == KD__DIV_JSD || (d->kind == KD__DIV_TAID && d->w == 0)) return 0;
+    if (d->kind == KD__DIV_TAIDL) { /* the mixture masks what either side masks */
+        for (size_t j = 0; j < n; j++)
+            if (!isinf(s[j]) && !isinf(t[j])) return 0;
+        return 1; /* no class left */
+    }
     for (size_t j = 0; j < n; j++) {
         int sm = isinf(s[j]), tm = isinf(t[j]);
         if (d->kind == KD__DIV_RKL ? (!sm && tm) : (sm && !tm)) return j + 1;

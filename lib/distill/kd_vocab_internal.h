@@ -14,7 +14,9 @@ enum {
     KD__DIV_FKL = 0,  /* KL(P || Q)                                     */
     KD__DIV_RKL = 1,  /* KL(Q || P)                                     */
     KD__DIV_JSD = 2,  /* beta KL(P||M) + (1-beta) KL(Q||M), M = beta P + (1-beta) Q */
-    KD__DIV_TAID = 3  /* KL(P_t || Q), P_t = (1-w) q + w p (q detached) */
+    KD__DIV_TAID = 3, /* KL(P_t || Q), P_t = (1-w) q + w p (q detached) */
+    KD__DIV_TAIDL = 4 /* KL(P_t || Q), P_t = softmax(((1-w) s + w t) / T) (s detached);
+                         dense teachers only */
 };
 
 typedef struct kd__div {
