@@ -44,20 +44,18 @@
 #include "kd_loss_internal.h"
 #include "kd_vocab_internal.h"
 
-#pragma GCC diagnostic ignored "-Wpsabi"
+#include "kd_simd.h"
 
-#define KD_CLONES KD_TARGET_CLONES
-#define KD_INLINE static inline __attribute__((always_inline))
-
-typedef float v16 __attribute__((vector_size(64)));
-typedef int32_t v16i __attribute__((vector_size(64)));
-typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias));
+#define KD_CLONES KD_SIMD_CLONES
+#define KD_INLINE KD_SIMD_INLINE
+typedef kd_v16 v16;
+typedef kd_v16i v16i;
+#define ld(p) kd_ld(p)
+#define st(p, v) kd_st(p, v)
+#define splat(x) kd_splat(x)
 
 #define BLK 1024 /* elements per double flush / rescale block */
 
-KD_INLINE v16 ld(const float *p) { return *(const v16u *)p; }
-KD_INLINE void st(float *p, v16 v) { *(v16u *)p = v; }
-KD_INLINE v16 splat(float x) { return (v16){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
 /* first r (< 16) lanes from p, the others `fill` */
 KD_INLINE v16 ldp(const float *p, size_t r, float fill)
 {
@@ -83,14 +81,7 @@ KD_INLINE v16 vmin(v16 a, v16 b)
     return (v16)((m & (v16i)a) | (~m & (v16i)b));
 }
 KD_INLINE v16 vabs(v16 a) { return (v16)((v16i)a & ~(v16i)splat(-0.0f)); }
-KD_INLINE double hsum(v16 v)
-{
-    float t[16];
-    st(t, v);
-    for (int w = 8; w > 0; w /= 2)
-        for (int i = 0; i < w; i++) t[i] += t[i + w];
-    return (double)t[0];
-}
+KD_INLINE double hsum(v16 v) { return (double)kd_hsum(v); }
 KD_INLINE float hmax(v16 v)
 {
     float t[16];
@@ -183,8 +174,9 @@ KD_CLONES static void lse_pass(const float *s, const float *t, size_t n, float i
  * either side is masked (no 0 * -inf NaN at the endpoints w = 0 or 1). */
 KD_INLINE v16 mixv(v16 sv, v16 tv, float a, float b)
 {
-    v16i fin = (sv > splat(-INFINITY)) & (tv > splat(-INFINITY));
-    return (v16)((fin & (v16i)(sv * splat(a) + tv * splat(b))) | (~fin & (v16i)splat(-INFINITY)));
+    v16i masked = kd_is_ninf(sv) | kd_is_ninf(tv);
+    return (v16)((~masked & (v16i)(sv * splat(a) + tv * splat(b))) |
+                 (masked & (v16i)splat(-INFINITY)));
 }
 
 KD_INLINE void lse_block_mix(const float *s, const float *t, size_t m, float a, float b,
@@ -394,14 +386,19 @@ size_t kd__vocab_mask_bad(const kd__div *d, const float *s, const float *t, size
 
 KD_CLONES int kd__vocab_scan(const float *x, size_t n, size_t *neg_inf)
 {
+    /* On the bit patterns, in integer arithmetic (a combination of vector
+     * compares is lowered to scalar compares by GCC 12, see kd_simd.h):
+     * 0x7f7fffff - |x| is negative exactly for +-inf and NaN. */
     v16i bad = (v16i)splat(0), cnt = (v16i)splat(0);
-    const v16 pinf = splat(INFINITY), ninf = splat(-INFINITY);
+    const v16i lim = (v16i)splat(0) + 0x7f7fffff, absm = ~(v16i)splat(-0.0f); /* splat(0): bits 0 */
     size_t j = 0;
     for (; j + 16 <= n; j += 16) {
         v16 v = ld(x + j);
-        bad |= (v != v) | (v == pinf);
-        cnt -= (v == ninf);
+        v16i m = kd_is_ninf(v);
+        bad |= (lim - ((v16i)v & absm)) & ~m; /* sign bit: +inf or NaN */
+        cnt -= m;
     }
+    bad >>= 31;
     int32_t b[16], c[16];
     memcpy(b, &bad, sizeof b); /* the arrays are not 64-byte aligned */
     memcpy(c, &cnt, sizeof c);

@@ -13,43 +13,15 @@
  * always produces the same bits.
  */
 #include "kd_internal.h"
+#include "kd_simd.h"
 
-/* The vector helpers below are static and always inlined: the psABI note
- * about passing 64-byte vectors does not apply. */
-#pragma GCC diagnostic ignored "-Wpsabi"
-
-/* fp-contract=fast: in ISO C mode (-std=c11) GCC does not contract, and
- * acc += a * b stayed a multiply and an add instead of one FMA. */
-#if defined(__GNUC__) && !defined(__clang__)
-#define KD_CLONES KD_TARGET_CLONES __attribute__((optimize("fp-contract=fast")))
-#else
-#define KD_CLONES KD_TARGET_CLONES
-#endif
-#define KD_INLINE static inline __attribute__((always_inline))
-
-typedef float v16 __attribute__((vector_size(64)));
-typedef float v16u __attribute__((vector_size(64), aligned(4), may_alias));
-
-KD_INLINE v16 ld(const float *p) { return *(const v16u *)p; }
-KD_INLINE void st(float *p, v16 v) { *(v16u *)p = v; }
-KD_INLINE v16 splat(float x) { return (v16){x, x, x, x, x, x, x, x, x, x, x, x, x, x, x, x}; }
-
-/* Pairwise sum of the 16 lanes, always in the same order: lane i + lane
- * i + w for w = 8, 4, 2, 1, in registers (lane shuffles). */
-#if defined(__clang__)
-#define KD_SHUF(v, ...) __builtin_shufflevector(v, v, __VA_ARGS__)
-#else
-typedef int32_t v16i __attribute__((vector_size(64)));
-#define KD_SHUF(v, ...) __builtin_shuffle(v, (v16i){__VA_ARGS__})
-#endif
-KD_INLINE float hsum(v16 v)
-{
-    v += KD_SHUF(v, 8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15);
-    v += KD_SHUF(v, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7);
-    v += KD_SHUF(v, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
-    v += KD_SHUF(v, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1);
-    return v[0];
-}
+#define KD_CLONES KD_SIMD_CLONES
+#define KD_INLINE KD_SIMD_INLINE
+typedef kd_v16 v16;
+#define ld(p) kd_ld(p)
+#define st(p, v) kd_st(p, v)
+#define splat(x) kd_splat(x)
+#define hsum(v) kd_hsum(v)
 
 KD_INLINE float finish(float alpha, float acc, float beta, float old)
 {

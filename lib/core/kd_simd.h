@@ -1,0 +1,79 @@
+/*
+ * kd_simd.h - the 16-lane float vector every hand-vectorised kernel uses
+ * (GCC/Clang vector extensions: one AVX-512 register, two AVX2, four SSE or
+ * NEON registers), with the GCC 12 code-generation pitfalls found while
+ * measuring them written down once:
+ *
+ *  - A broadcast written as the 16-element initialiser {x, x, ...} of a
+ *    run-time x is built through four 16-byte stack stores and a 64-byte
+ *    reload: a store-forwarding stall in every loop that splats a row
+ *    constant (it made the vocabulary KD kernel 3x slower). kd_splat
+ *    shuffles lane 0 instead: one vbroadcastss.
+ *  - Under -std=c11 GCC does not contract a * b + c into FMA; KD_SIMD_CLONES
+ *    turns contraction on for the kernels (results move by rounding only).
+ *  - A combination of two vector compares (mask AND / OR) is lowered to one
+ *    scalar compare per lane, even in the AVX-512 clone; single compares
+ *    used through a select are fine. Integer arithmetic on the bit patterns
+ *    avoids the combination (kd_is_ninf). In the AVX2 clone, GCC 12 lowers
+ *    every float compare of a 64-byte vector lane by lane: kernels built on
+ *    compares are fast with AVX-512 and markedly slower with AVX2 only.
+ *
+ * Internal header: static inline helpers only, no symbols.
+ */
+#ifndef KD_SIMD_H
+#define KD_SIMD_H
+
+#include <math.h>
+#include <stdint.h>
+
+#include "kd_internal.h"
+
+/* The helpers are static and always inlined: the psABI note about passing
+ * 64-byte vectors does not apply. */
+#pragma GCC diagnostic ignored "-Wpsabi"
+
+#if defined(__GNUC__) && !defined(__clang__)
+#define KD_SIMD_CLONES KD_TARGET_CLONES __attribute__((optimize("fp-contract=fast")))
+#else
+#define KD_SIMD_CLONES KD_TARGET_CLONES
+#endif
+#define KD_SIMD_INLINE static inline __attribute__((always_inline))
+
+typedef float kd_v16 __attribute__((vector_size(64)));
+typedef int32_t kd_v16i __attribute__((vector_size(64)));
+typedef float kd_v16u __attribute__((vector_size(64), aligned(4), may_alias));
+
+#if defined(__clang__)
+#define KD_SHUF(v, ...) __builtin_shufflevector(v, v, __VA_ARGS__)
+#else
+#define KD_SHUF(v, ...) __builtin_shuffle(v, (kd_v16i){__VA_ARGS__})
+#endif
+
+KD_SIMD_INLINE kd_v16 kd_ld(const float *p) { return *(const kd_v16u *)p; }
+KD_SIMD_INLINE void kd_st(float *p, kd_v16 v) { *(kd_v16u *)p = v; }
+KD_SIMD_INLINE kd_v16 kd_splat(float x)
+{
+    return KD_SHUF(((kd_v16){x}), 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+}
+
+/* Pairwise sum of the 16 lanes, always in the same order (lane i + lane
+ * i + w for w = 8, 4, 2, 1), in registers: a given machine always produces
+ * the same bits. */
+KD_SIMD_INLINE float kd_hsum(kd_v16 v)
+{
+    v += KD_SHUF(v, 8, 9, 10, 11, 12, 13, 14, 15, 8, 9, 10, 11, 12, 13, 14, 15);
+    v += KD_SHUF(v, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7, 4, 5, 6, 7);
+    v += KD_SHUF(v, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3, 2, 3);
+    v += KD_SHUF(v, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1);
+    return v[0];
+}
+
+/* All-ones lanes where x is -inf: (x ^ -inf) is 0 exactly for -inf, and
+ * (y - 1) & ~y has its sign bit set exactly for y = 0. */
+KD_SIMD_INLINE kd_v16i kd_is_ninf(kd_v16 x)
+{
+    kd_v16i y = (kd_v16i)x ^ (kd_v16i)kd_splat(-INFINITY);
+    return ((y - 1) & ~y) >> 31;
+}
+
+#endif
