@@ -173,6 +173,45 @@ END_TEST
 
 /* k = V with LOGPROB16 keeps every class: the cached distribution equals the
  * full one up to the 16-bit rounding. */
+/* Ties at the k-th largest logit keep the lowest ids and send the others to
+ * the tail; a confident teacher's tail (1e-8 of the mass) is summed
+ * directly, not lost to 1 - sum(top k). */
+START_TEST(tail_with_ties_and_confident_rows)
+{
+    kd_context *ctx = kd_test_ctx();
+    enum { V = 1000, K = 8, R = 2 };
+    float *z = (float *)malloc(sizeof(float) * V * R);
+    for (int j = 0; j < V; j++) z[j] = j % 100 == 3 ? 2.0f : -3.0f; /* ten tied at 2 */
+    z[10] = z[500] = z[700] = z[999] = 5.0f;
+    for (int j = 0; j < V; j++) z[V + j] = 0.0f;
+    z[V + 321] = 25.0f;
+    kd_cache_config cfg;
+    kd_cache_config_default(&cfg);
+    cfg.k = K;
+    cfg.encoding = KD_CACHE_ENC_LOGPROB16;
+    write_logits(ctx, path, z, R, V, &cfg);
+    kd_logit_cache *c = NULL;
+    ck_assert_int_eq(kd_logit_cache_open(ctx, path, &c), KD_OK);
+    uint64_t rows[R] = {0, 1};
+    int32_t ids[R * K];
+    float vals[R * K], tail[R];
+    ck_assert_int_eq(kd_logit_cache_rows(c, rows, R, ids, vals, tail, NULL), KD_OK);
+    /* row 0: the four 5s, then the four lowest ids of the ten tied 2s */
+    const int32_t want[K] = {3, 10, 103, 203, 303, 500, 700, 999};
+    for (int s = 0; s < K; s++) ck_assert_int_eq(ids[s], want[s]);
+    double S = 4 * exp(5.0) + 10 * exp(2.0) + (V - 14) * exp(-3.0);
+    double t0 = (6 * exp(2.0) + (V - 14) * exp(-3.0)) / S;
+    ck_assert_msg(fabs(log(tail[0]) - log(t0)) <= 1.0 / 2048 + 1e-4, "tail %g vs %g", tail[0], t0);
+    /* row 1: one confident class, the other 999 share 1.4e-8 */
+    double t1 = (V - K) * exp(-25.0) / (exp(25.0 - 25.0) + (V - 1) * exp(-25.0));
+    ck_assert_int_eq(ids[K], 0);
+    ck_assert_msg(fabs(log(tail[1]) - log(t1)) <= 1.0 / 2048 + 1e-4, "tail %g vs %g", tail[1], t1);
+    kd_logit_cache_close(c);
+    unlink(path);
+    free(z);
+}
+END_TEST
+
 START_TEST(k_equals_v_is_nearly_exact)
 {
     kd_context *ctx = kd_test_ctx();
@@ -732,6 +771,7 @@ Suite *kd_test_suite(void)
     TCase *tc = tcase_create("cache");
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, round_trip_within_bounds);
+    tcase_add_test(tc, tail_with_ties_and_confident_rows);
     tcase_add_test(tc, k_equals_v_is_nearly_exact);
     tcase_add_test(tc, bytes_per_position_and_kl);
     tcase_add_test(tc, resume_after_crash_is_byte_identical);

@@ -5,6 +5,7 @@
 #include <math.h>
 
 #include "kd_cache_format.h"
+#include "kd_vocab_internal.h"
 
 /* ---- header ----------------------------------------------------------------- */
 
@@ -214,18 +215,16 @@ void kdc_encoder_free(kdc_encoder *e)
 
 kd_status kdc_check_row(kd_context *ctx, const float *z, uint64_t classes, uint64_t position)
 {
-    size_t finite = 0;
-    for (uint64_t j = 0; j < classes; j++) {
+    size_t ninf = 0;
+    if (!kd__vocab_scan(z, (size_t)classes, &ninf) && ninf < classes) return KD_OK;
+    for (uint64_t j = 0; j < classes; j++) { /* name the fault */
         float v = z[j];
         if (isnan(v) || v == INFINITY)
             return kd__fail(ctx, KD_E_NUMERIC, "logit cache: non-finite logit at position %llu, class %llu",
                             (unsigned long long)position, (unsigned long long)j);
-        finite += isfinite(v) ? 1 : 0;
     }
-    if (!finite)
-        return kd__fail(ctx, KD_E_NUMERIC, "logit cache: every class of position %llu is -inf",
-                        (unsigned long long)position);
-    return KD_OK;
+    return kd__fail(ctx, KD_E_NUMERIC, "logit cache: every class of position %llu is -inf",
+                    (unsigned long long)position);
 }
 
 /* Heap order: the root is the worst kept entry (lower logit, then higher id). */
@@ -302,41 +301,38 @@ size_t kdc_encode_row(kdc_encoder *e, const float *z)
 {
     const kdc_header *h = &e->h;
     const size_t V = (size_t)h->classes, k = h->k;
-    float mx = -INFINITY;
-    for (size_t j = 0; j < V; j++)
-        if (z[j] > mx) mx = z[j];
-    double S = 0.0;
-    size_t n = 0;
-    for (size_t j = 0; j < V; j++) {
-        S += exp((double)z[j] - (double)mx);
-        if (n < k) {
-            e->top[n] = (int32_t)j;
-            e->topv[n] = z[j];
-            sift_up(e->top, e->topv, n);
-            n++;
-        } else if (worse(e->topv[0], e->top[0], z[j], (int32_t)j)) {
-            e->top[0] = (int32_t)j;
-            e->topv[0] = z[j];
-            sift_down(e->top, e->topv, n, 0);
-        }
+    /* Three passes over the row: a vectorised log-sum-exp, the top-k heap
+     * (compares only), and a vectorised sum of the mass below the k-th
+     * largest logit. The tail is summed directly, not as 1 - sum(top k),
+     * which would cancel when the teacher is confident. */
+    const double lse = kd__vocab_lse(z, V);
+    size_t n = 0, j = 0;
+    for (; j < V && n < k; j++) {
+        e->top[n] = (int32_t)j;
+        e->topv[n] = z[j];
+        sift_up(e->top, e->topv, n);
+        n++;
     }
-    sort_by_id(e->top, e->topv, n);
-    const double lnS = log(S);
+    /* Ids only grow from here, so an entry equal to the root never beats
+     * it: only strictly larger logits enter the heap. */
+    while ((j += kd__vocab_find_above(z + j, V - j, e->topv[0])) < V) {
+        e->top[0] = (int32_t)j;
+        e->topv[0] = z[j];
+        sift_down(e->top, e->topv, n, 0);
+        j++;
+    }
+    const float below = e->topv[0]; /* the heap root: the smallest kept logit */
+    size_t kept_equal = 0, equal = 0;
+    for (size_t i = 0; i < n; i++) kept_equal += e->topv[i] == below;
     double tail = 0.0;
-    size_t t = 0;
-    for (size_t j = 0; j < V; j++) {
-        if (t < n && (size_t)e->top[t] == j) {
-            t++;
-            continue;
-        }
-        tail += exp((double)z[j] - (double)mx);
-    }
-    tail /= S;
+    kd__vocab_tail(z, V, lse, below, &tail, &equal);
+    if (equal > kept_equal) tail += (double)(equal - kept_equal) * exp((double)below - lse);
+    sort_by_id(e->top, e->topv, n);
     /* quantise; entries that round to nothing move into the tail */
     size_t m = 0;
     const double Q = (double)h->value_scale;
     for (size_t i = 0; i < n; i++) {
-        double lp = (double)e->topv[i] - (double)mx - lnS, p = exp(lp);
+        double lp = (double)e->topv[i] - lse, p = exp(lp);
         uint32_t code;
         if (h->encoding == KD_CACHE_ENC_COMPACT) {
             double lv = floor(sqrt(p) * Q + 0.5);

@@ -416,6 +416,71 @@ KD_CLONES int kd__vocab_scan(const float *x, size_t n, size_t *neg_inf)
     return any;
 }
 
+/* ---- the teacher-logit cache encoder's passes ------------------------------------ */
+
+double kd__vocab_lse(const float *x, size_t n)
+{
+    double ls, unused;
+    lse_pass(x, NULL, n, 1.0f, &ls, &unused);
+    return ls;
+}
+
+/* Probability mass exp(x - lse) of the entries below `below`, and the number
+ * of entries equal to it (two compares, each through its own select). */
+KD_CLONES static void tail_pass(const float *x, size_t n, float lse, float below, double *mass,
+                                size_t *equal)
+{
+    double m = 0;
+    size_t eq = 0;
+    const v16 vb = splat(below), vl = splat(lse);
+    for (size_t b = 0; b < n; b += BLK) {
+        size_t len = n - b < BLK ? n - b : BLK, j = 0;
+        v16 acc = splat(0);
+        v16i cnt = (v16i)splat(0);
+        for (; j + 16 <= len; j += 16) {
+            v16 v = ld(x + b + j);
+            acc += sel(v < vb, vexp(v - vl));
+            cnt -= (v == vb);
+        }
+        if (j < len) {
+            v16 v = ldp(x + b + j, len - j, -INFINITY);
+            acc += sel(v < vb, vexp(v - vl));
+            cnt -= (v == vb);
+        }
+        m += hsum(acc);
+        int32_t c[16];
+        memcpy(c, &cnt, sizeof c);
+        for (int i = 0; i < 16; i++) eq += (size_t)(uint32_t)c[i];
+    }
+    *mass = m;
+    *equal = eq;
+}
+
+/* Index of the first x_j > thr, n if none: 64 entries per step (lane-wise
+ * maximum of four vectors, then a shuffle reduction), so the top-k heap only
+ * looks at the rare entries that beat its root. */
+KD_CLONES size_t kd__vocab_find_above(const float *x, size_t n, float thr)
+{
+    size_t j = 0;
+    for (; j + 64 <= n; j += 64) {
+        v16 m = vmax(vmax(ld(x + j), ld(x + j + 16)), vmax(ld(x + j + 32), ld(x + j + 48)));
+        m = vmax(m, KD_SHUF(m, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7));
+        m = vmax(m, KD_SHUF(m, 4, 5, 6, 7, 0, 1, 2, 3, 4, 5, 6, 7, 0, 1, 2, 3));
+        m = vmax(m, KD_SHUF(m, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1));
+        m = vmax(m, KD_SHUF(m, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0));
+        if (m[0] > thr) break;
+    }
+    for (; j < n; j++)
+        if (x[j] > thr) return j;
+    return n;
+}
+
+void kd__vocab_tail(const float *x, size_t n, double lse, float below, double *mass,
+                    size_t *equal)
+{
+    tail_pass(x, n, (float)lse, below, mass, equal);
+}
+
 /* ---- sparse rows --------------------------------------------------------------- */
 
 /* Bucket term of a divergence: adds the value to *val and returns

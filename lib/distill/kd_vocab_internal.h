@@ -57,4 +57,16 @@ kd_status kd__vocab_sparse_row(const kd__div *d, const float *s, size_t n,
  * receives the count of -inf entries. */
 int kd__vocab_scan(const float *x, size_t n, size_t *neg_inf);
 
+/* log-sum-exp of x[0..n) (vectorised; -inf when every entry is -inf). */
+double kd__vocab_lse(const float *x, size_t n);
+
+/* Index of the first x_j > thr (NaN never is), n if none; vectorised. */
+size_t kd__vocab_find_above(const float *x, size_t n, float thr);
+
+/* Sum of exp(x_j - lse) over x_j < below, and the count of x_j == below:
+ * the teacher-logit cache's tail mass beyond its top k, without the
+ * cancellation of 1 - sum(top k). */
+void kd__vocab_tail(const float *x, size_t n, double lse, float below, double *mass,
+                    size_t *equal);
+
 #endif
