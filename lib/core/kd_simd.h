@@ -14,9 +14,11 @@
  *  - A combination of two vector compares (mask AND / OR) is lowered to one
  *    scalar compare per lane, even in the AVX-512 clone; single compares
  *    used through a select are fine. Integer arithmetic on the bit patterns
- *    avoids the combination (kd_is_ninf). In the AVX2 clone, GCC 12 lowers
- *    every float compare of a 64-byte vector lane by lane: kernels built on
- *    compares are fast with AVX-512 and markedly slower with AVX2 only.
+ *    avoids the combination (kd_is_ninf).
+ *  - In the AVX2 clone, GCC 12 lowers every *float* compare of a 64-byte
+ *    vector lane by lane (16 scalar compares), while integer compares stay
+ *    vectorised: compare floats through their integer keys (kd_key, kd_gt,
+ *    kd_vmax) in every kernel that must also be fast on AVX2-only machines.
  *
  * Internal header: static inline helpers only, no symbols.
  */
@@ -75,5 +77,23 @@ KD_SIMD_INLINE kd_v16i kd_is_ninf(kd_v16 x)
     kd_v16i y = (kd_v16i)x ^ (kd_v16i)kd_splat(-INFINITY);
     return ((y - 1) & ~y) >> 31;
 }
+
+/* A float's order key: sign-magnitude turned two's complement, so integer
+ * order is float order (NaN excluded) and -0 and +0 share the key 0. */
+KD_SIMD_INLINE kd_v16i kd_key(kd_v16 x)
+{
+    kd_v16i b = (kd_v16i)x, neg = b >> 31;
+    return ((b & 0x7fffffff) ^ neg) - neg;
+}
+/* All-ones lanes where a > b (a < b, a == b) as floats, NaN excluded. */
+KD_SIMD_INLINE kd_v16i kd_gt(kd_v16 a, kd_v16 b) { return kd_key(a) > kd_key(b); }
+KD_SIMD_INLINE kd_v16i kd_lt(kd_v16 a, kd_v16 b) { return kd_key(a) < kd_key(b); }
+KD_SIMD_INLINE kd_v16i kd_eq(kd_v16 a, kd_v16 b) { return kd_key(a) == kd_key(b); }
+KD_SIMD_INLINE kd_v16 kd_select(kd_v16i m, kd_v16 a, kd_v16 b)
+{
+    return (kd_v16)((m & (kd_v16i)a) | (~m & (kd_v16i)b));
+}
+KD_SIMD_INLINE kd_v16 kd_vmax(kd_v16 a, kd_v16 b) { return kd_select(kd_gt(a, b), a, b); }
+KD_SIMD_INLINE kd_v16 kd_vmin(kd_v16 a, kd_v16 b) { return kd_select(kd_lt(a, b), a, b); }
 
 #endif

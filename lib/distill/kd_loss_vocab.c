@@ -70,16 +70,10 @@ KD_INLINE void stp(float *p, size_t r, v16 v)
     for (size_t i = 0; i < r; i++) p[i] = b[i];
 }
 KD_INLINE v16 sel(v16i m, v16 x) { return (v16)(m & (v16i)x); }
-KD_INLINE v16 vmax(v16 a, v16 b)
-{
-    v16i m = a > b;
-    return (v16)((m & (v16i)a) | (~m & (v16i)b));
-}
-KD_INLINE v16 vmin(v16 a, v16 b)
-{
-    v16i m = a < b;
-    return (v16)((m & (v16i)a) | (~m & (v16i)b));
-}
+#define vmax(a, b) kd_vmax(a, b) /* integer-key compares: see kd_simd.h */
+/* p > 0 for p >= +0 (an exp): the bits as an integer, a compare that stays
+ * vectorised in the AVX2 clone. */
+KD_INLINE v16i pos(v16 p) { return (v16i)p > 0; }
 KD_INLINE v16 vabs(v16 a) { return (v16)((v16i)a & ~(v16i)splat(-0.0f)); }
 KD_INLINE double hsum(v16 v) { return (double)kd_hsum(v); }
 KD_INLINE float hmax(v16 v)
@@ -91,12 +85,14 @@ KD_INLINE float hmax(v16 v)
     return m;
 }
 
-/* exp(x) with about 1 ulp error on [-87, 88]; 0 below -87 (and for -inf,
- * NaN): masked classes get exactly zero probability. */
+/* exp(x) with about 1 ulp error on [-87, 88]; exactly 0 at or below -87
+ * and for -inf: masked classes get zero probability. Callers pass x <= 0
+ * (differences to a maximum or a log-sum-exp), so there is no upper clamp;
+ * below -87 the reduction yields garbage that the final select discards.
+ * ok: the sign bit of x + 87, no float compare (kd_simd.h). */
 KD_INLINE v16 vexp(v16 x)
 {
-    v16i ok = x > splat(-87.0f);
-    x = vmin(vmax(x, splat(-87.0f)), splat(88.0f));
+    v16i ok = ~((v16i)(x + splat(87.0f)) >> 31);
     v16 t = x * splat(1.44269504088896341f) + splat(12582912.0f);
     v16 n = t - splat(12582912.0f);
     v16 r = x - n * splat(0.693145751953125f);
@@ -132,7 +128,7 @@ KD_INLINE v16 vlogaddexp(v16 a, v16 b)
 {
     v16 m = vmax(a, b);
     v16 d = vexp(-vabs(a - b)); /* 0 for an infinite or NaN difference */
-    v16i fin = m > splat(-INFINITY);
+    v16i fin = ~kd_is_ninf(m);
     return (v16)((fin & (v16i)(m + vlog1p01(d))) | (~fin & (v16i)m));
 }
 
@@ -231,30 +227,30 @@ KD_INLINE v16 p2_vec(const int kind, const dconst *k, v16 sv, v16 tv, v16 *gdelt
     v16 q = vexp(lq), p = vexp(lp), val, lm;
     switch (kind) {
     case KD__DIV_FKL:
-        val = sel(p > splat(0), p * ((u - z) - splat(k->c)));
+        val = sel(pos(p), p * ((u - z) - splat(k->c)));
         *gdelta = q - p;
         break;
     case KD__DIV_RKL:
-        val = sel(q > splat(0), q * ((z - u) + splat(k->c)));
+        val = sel(pos(q), q * ((z - u) + splat(k->c)));
         *gpart = val;
         break;
     case KD__DIV_JSD:
         lm = vlogaddexp(lp + splat(k->lw), lq + splat(k->l1w));
-        *gpart = sel(q > splat(0), splat(1.0f - k->w) * q * (lq - lm));
-        val = sel(p > splat(0), splat(k->w) * p * (lp - lm)) + *gpart;
+        *gpart = sel(pos(q), splat(1.0f - k->w) * q * (lq - lm));
+        val = sel(pos(p), splat(k->w) * p * (lp - lm)) + *gpart;
         *gdelta = *gpart;
         break;
     case KD__DIV_TAIDL: {
         v16 lpt = mixv(sv, tv, k->ma, k->mb) - splat(k->ct);
         v16 pt = vexp(lpt);
-        val = sel(pt > splat(0), pt * (lpt - lq));
+        val = sel(pos(pt), pt * (lpt - lq));
         *gdelta = q - pt;
         break;
     }
     default: { /* TAID */
         v16 lpt = vlogaddexp(lq + splat(k->l1w), lp + splat(k->lw));
         v16 pt = vexp(lpt);
-        val = sel(pt > splat(0), pt * (lpt - lq));
+        val = sel(pos(pt), pt * (lpt - lq));
         *gdelta = splat(k->w) * (q - p);
         break;
     }
@@ -301,7 +297,7 @@ KD_INLINE void pass3(const int kind, const dconst *k, const float *s, const floa
         if (kind == KD__DIV_RKL) {
             v16 tv = r == 16 ? ld(t + j) : ldp(t + j, r, -INFINITY);
             v16 u = tv * splat(k->it);
-            d = sel(q > splat(0), q * ((z - u) + splat(k->c) - vg));
+            d = sel(pos(q), q * ((z - u) + splat(k->c) - vg));
         } else {
             d = -(q * vg);
         }
@@ -439,13 +435,13 @@ KD_CLONES static void tail_pass(const float *x, size_t n, float lse, float below
         v16i cnt = (v16i)splat(0);
         for (; j + 16 <= len; j += 16) {
             v16 v = ld(x + b + j);
-            acc += sel(v < vb, vexp(v - vl));
-            cnt -= (v == vb);
+            acc += sel(kd_lt(v, vb), vexp(v - vl));
+            cnt -= kd_eq(v, vb);
         }
         if (j < len) {
             v16 v = ldp(x + b + j, len - j, -INFINITY);
-            acc += sel(v < vb, vexp(v - vl));
-            cnt -= (v == vb);
+            acc += sel(kd_lt(v, vb), vexp(v - vl));
+            cnt -= kd_eq(v, vb);
         }
         m += hsum(acc);
         int32_t c[16];
