@@ -209,6 +209,7 @@ START_TEST(tail_with_ties_and_confident_rows)
     kd_logit_cache_close(c);
     unlink(path);
     free(z);
+    kd_context_destroy(ctx);
 }
 END_TEST
 

@@ -74,8 +74,11 @@ KD_SIMD_INLINE float kd_hsum(kd_v16 v)
  * (y - 1) & ~y has its sign bit set exactly for y = 0. */
 KD_SIMD_INLINE kd_v16i kd_is_ninf(kd_v16 x)
 {
-    kd_v16i y = (kd_v16i)x ^ (kd_v16i)kd_splat(-INFINITY);
-    return ((y - 1) & ~y) >> 31;
+    /* unsigned lanes: y - 1 wraps for +inf (y = 0x80000000), which signed
+     * lanes may not (UB; UBSan at -O0) */
+    typedef uint32_t kd_v16w_ __attribute__((vector_size(64)));
+    kd_v16w_ y = (kd_v16w_)x ^ (kd_v16w_)kd_splat(-INFINITY);
+    return (kd_v16i)((y - 1) & ~y) >> 31;
 }
 
 /* A float's order key: sign-magnitude turned two's complement, so integer
