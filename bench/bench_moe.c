@@ -14,6 +14,7 @@
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <stdint.h>
 #include <string.h>
 
 #include <time.h>
@@ -107,6 +108,43 @@ typedef struct {
     float *x, *W1, *W3, *W2, *H, *U, *A, *y, *dy, *dA, *dU, *dx, *gW1, *gW3, *gW2;
 } dense_run;
 
+/* The dense anchor's SwiGLU uses the same vectorizable exp as the MoE layer
+ * (lib/moe/kd_moe_core.c), so the ratio measures routing and grouping, not
+ * two different exp implementations. */
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define BENCH_VEC __attribute__((optimize("tree-vectorize", "vect-cost-model=dynamic"), \
+                                 target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define BENCH_VEC
+#endif
+static inline float vexpf(float x)
+{
+    x = x < -87.3f ? -87.3f : x;
+    x = x > 88.7f ? 88.7f : x;
+    float t = x * 1.44269504f + 12582912.0f;
+    float n = t - 12582912.0f;
+    float r = x - n * 0.693145752f - n * 1.42860677e-6f;
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float sc;
+    memcpy(&sc, &bits, sizeof sc);
+    return p * sc;
+}
+BENCH_VEC static void dense_swiglu_fwd(const float *restrict h, const float *restrict u,
+                                       float *restrict a, size_t n)
+{
+    for (size_t i = 0; i < n; i++) a[i] = h[i] / (1.0f + vexpf(-h[i])) * u[i];
+}
+BENCH_VEC static void dense_swiglu_bwd(const float *restrict h, const float *restrict u,
+                                       float *restrict da, float *restrict du, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        float v = h[i], s = 1.0f / (1.0f + vexpf(-v)), g = da[i];
+        du[i] = g * v * s;
+        da[i] = g * u[i] * s * (1.0f + v * (1.0f - s));
+    }
+}
+
 static void dense_step(void *arg)
 {
     dense_run *r = (dense_run *)arg;
@@ -114,23 +152,18 @@ static void dense_step(void *arg)
     kd_context *ctx = r->ctx;
     kd_gemm(ctx, KD_NO_TRANS, KD_TRANS, n, h, d, 1, r->x, d, r->W1, d, 0, r->H, h);
     if (r->glu) kd_gemm(ctx, KD_NO_TRANS, KD_TRANS, n, h, d, 1, r->x, d, r->W3, d, 0, r->U, h);
-    for (size_t i = 0; i < nh; i++) {
-        float v = r->H[i];
-        r->A[i] = r->glu ? v / (1.0f + expf(-v)) * r->U[i] : (v > 0 ? v : 0);
-    }
+    if (r->glu)
+        dense_swiglu_fwd(r->H, r->U, r->A, nh);
+    else
+        for (size_t i = 0; i < nh; i++) r->A[i] = r->H[i] > 0 ? r->H[i] : 0;
     kd_gemm(ctx, KD_NO_TRANS, KD_TRANS, n, d, h, 1, r->A, h, r->W2, h, 0, r->y, d);
     kd_gemm(ctx, KD_NO_TRANS, KD_NO_TRANS, n, h, d, 1, r->dy, d, r->W2, h, 0, r->dA, h);
     kd_gemm(ctx, KD_TRANS, KD_NO_TRANS, d, h, n, 1, r->dy, d, r->A, h, 1, r->gW2, h);
-    for (size_t i = 0; i < nh; i++) {
-        float v = r->H[i];
-        if (r->glu) {
-            float s = 1.0f / (1.0f + expf(-v));
-            r->dU[i] = r->dA[i] * v * s;
-            r->dA[i] *= r->U[i] * s * (1.0f + v * (1.0f - s));
-        } else if (v <= 0) {
-            r->dA[i] = 0;
-        }
-    }
+    if (r->glu)
+        dense_swiglu_bwd(r->H, r->U, r->dA, r->dU, nh);
+    else
+        for (size_t i = 0; i < nh; i++)
+            if (r->H[i] <= 0) r->dA[i] = 0;
     kd_gemm(ctx, KD_TRANS, KD_NO_TRANS, h, d, n, 1, r->dA, h, r->x, d, 1, r->gW1, d);
     kd_gemm(ctx, KD_NO_TRANS, KD_NO_TRANS, n, d, h, 1, r->dA, h, r->W1, d, 0, r->dx, d);
     if (r->glu) {

@@ -70,6 +70,7 @@
 #define KD_MOE_H
 
 #include "kd_core.h"
+#include "kd_distill.h"
 #include "kd_nn.h"
 
 #ifdef __cplusplus
@@ -336,6 +337,95 @@ KD_API kd_status kd_model_moe_aux_losses(const kd_model *m, size_t layer, float 
  * original k.
  */
 KD_API kd_status kd_model_moe_set_top_k(kd_model *m, size_t layer, size_t k);
+
+/* ---- MoE teachers ("Every Expert Matters", Kim et al. 2025) ---------------------- */
+
+/** What an MoE teacher does with the experts its router did not pick. */
+typedef enum kd_moe_teacher_mode {
+    /**
+     * Knowledge Augmentation: the teacher output is the mean of `samples`
+     * forward passes; in each, every top-level 'moe' layer samples each
+     * token's k experts (the layer's k; k_max for threshold routers) without
+     * replacement from softmax(z / temperature) (Gumbel top-k) instead of
+     * taking the top k. A sampled expert set S is weighted as the layer's
+     * router weights its picks: softmax(z) renormalised over S (topk, noisy,
+     * threshold, expert_choice, hash, cosine gates), softmax(z) over all
+     * experts (topk_raw), or 1 each (select). temperature -> 0 gives back
+     * top-k routing.
+     * Random draws: a kd_rng seeded kd_rng_seed(rng, seed, 0) at creation
+     * and never reseeded. Each forward pass visits the moe layers in order,
+     * tokens in row order, experts in index order, and draws one
+     * u = (kd_rng_u32() + 0.5) / 2^32 per (token, expert); the score is
+     * z_e * (1 / temperature) - log(-log u), the k largest scores (ties: lower
+     * index) are the sample. The same seed and the same calls give the same
+     * outputs. kd_fit with cache_teacher computes the augmented targets once.
+     */
+    KD_MOE_TEACHER_KA = 0,
+    /**
+     * Student-aware router: the teacher runs every expert of every 'moe'
+     * layer (k = E, weights softmax(z) over all experts) on a private copy
+     * of the model; before answering a batch it takes one Adam step
+     * (lr = router_lr, betas 0.9/0.999, eps 1e-8) on the router (gate)
+     * parameters only, minimising kd_model_moe_sar_loss against the current
+     * student's logits (student run in inference mode), and answers with
+     * the logits computed before that step. Experts and every other layer
+     * stay frozen. Stateful: kd_fit runs it on every batch (never caches).
+     * Needs E <= 64 per layer; training-mode forward (dropout is active).
+     */
+    KD_MOE_TEACHER_SAR = 1
+} kd_moe_teacher_mode;
+
+/** Fill with kd_moe_teacher_config_default(). */
+typedef struct kd_moe_teacher_config {
+    uint32_t struct_size;       /**< sizeof(kd_moe_teacher_config) */
+    kd_moe_teacher_mode mode;   /**< default KD_MOE_TEACHER_KA */
+    size_t samples;             /**< KA: routings averaged, >= 1 (default 4) */
+    float temperature;          /**< KA: sampling temperature, > 0 (default 1) */
+    uint64_t seed;              /**< KA: seed of the sampling stream (default 1) */
+    /** KA: average logits (KD_ENSEMBLE_LOGITS, default) or probabilities
+     *  (KD_ENSEMBLE_PROBS: the teacher outputs log of the mean softmax). */
+    kd_ensemble_mode combine;
+    /** SAR: the student (borrowed; same input and classes as the teacher).
+     *  NULL: all experts are used and the router stays frozen. */
+    kd_model *student;
+    float router_lr;            /**< SAR: Adam rate of the router (default 1e-3) */
+    float kd_temperature;       /**< SAR: temperature of the objective (default 1) */
+} kd_moe_teacher_config;
+
+KD_API void kd_moe_teacher_config_default_sized(kd_moe_teacher_config *cfg, size_t size);
+#define kd_moe_teacher_config_default(cfg) \
+    kd_moe_teacher_config_default_sized((cfg), sizeof(kd_moe_teacher_config))
+
+/**
+ * A teacher over a kd_model with 'moe' layers (m borrowed, must outlive the
+ * teacher, dense input; KA uses the top-level moe layers, SAR every moe
+ * item of the spec). KA runs m itself (its routers are swapped during each
+ * call and restored after); SAR copies m's tensors at creation and never
+ * writes m. Use it with kd_fit / kd_student_step like any teacher.
+ * Threads: KA changes m's routers during a call; nothing else may use m
+ * meanwhile. SAR takes a router step on every kd_teacher_logits call,
+ * kd_evaluate's included.
+ * Errors: KD_E_INVALID (NULL, bad settings, no moe layer, a student of
+ * other sizes), KD_E_SHAPE (token-id model), KD_E_UNSUPPORTED (KA: k above
+ * 64 (at kd_teacher_logits) or an expert-choice layer with capacity factor
+ * below 1; SAR: more than 64 experts), KD_E_VERSION, KD_E_NOMEM.
+ */
+KD_API kd_status kd_teacher_create_moe(kd_context *ctx, kd_model *m,
+                                       const kd_moe_teacher_config *cfg, kd_teacher **out);
+
+/**
+ * The student-aware router objective on a batch: mean over rows of
+ * T^2 * KL(softmax(t / T) || softmax(s / T)), with t = m's logits from a
+ * training-mode forward on x (batch x input floats) and s = student_logits
+ * (batch x classes, borrowed). Adds its gradient to m's gradient block (all
+ * tensors; SAR updates the gate tensors only) and writes the value to
+ * *loss (may be NULL); teacher_logits (may be NULL) receives t. m is
+ * typically a model whose moe layers route to every expert ('moe E E ...').
+ * Errors: KD_E_INVALID, KD_E_SHAPE, KD_E_NUMERIC, KD_E_NOMEM.
+ */
+KD_API kd_status kd_model_moe_sar_loss(kd_model *m, const float *x, size_t batch,
+                                       const float *student_logits, float temperature,
+                                       double *loss, float *teacher_logits);
 
 /** @} */
 

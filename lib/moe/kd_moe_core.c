@@ -8,6 +8,9 @@
  * and runs one GEMM per weight matrix over them:
  *   H = Xg W1_e^T (cnt x f), [U = Xg W3_e^T], A = act(H) [* U], O = A W2_e^T (cnt x d)
  * then y[token] += weight * O[row]. Backward mirrors it with the same rows.
+ * Experts with more than 4 rows keep H, U, A, O and their gradients
+ * transposed (H^T = W1_e Xg^T, ...: the weights are GEMM's left operand,
+ * which BLIS runs faster at these shapes); see tposed().
  */
 #include <math.h>
 
@@ -319,9 +322,47 @@ KD_VEC static void axpy(float *restrict y, float w, const float *restrict o, siz
     for (size_t j = 0; j < cnt; j++) y[j] += w * o[j];
 }
 
+/* exp for the SwiGLU gate, in operations the vectorizer handles (one
+ * vector of exps per iteration instead of a libm call per element):
+ * x = n ln2 + r, |r| <= ln2 / 2, e^r by its degree-6 Taylor polynomial
+ * (relative error < 2e-7, about 2 ulp), 2^n through the exponent bits.
+ * x is clamped to [-87.3, 88.7] (results stay normal and finite); NaN
+ * passes the clamp and gives NaN. */
+static inline float vexpf(float x)
+{
+    x = x < -87.3f ? -87.3f : x;
+    x = x > 88.7f ? 88.7f : x;
+    float t = x * 1.44269504f + 12582912.0f; /* 1.5 * 2^23: rounds to an integer */
+    float n = t - 12582912.0f;
+    float r = x - n * 0.693145752f - n * 1.42860677e-6f; /* ln2 split hi + lo */
+    float p = 1.0f + r * (1.0f + r * (0.5f + r * (1.0f / 6 + r * (1.0f / 24 + r * (1.0f / 120 + r * (1.0f / 720))))));
+    int32_t bits = ((int32_t)n + 127) << 23;
+    float sc;
+    memcpy(&sc, &bits, sizeof sc);
+    return p * sc;
+}
+
 static inline float sigm(float x)
 {
-    return 1.0f / (1.0f + expf(-x));
+    return 1.0f / (1.0f + vexpf(-x));
+}
+
+/* a = silu(h) * u */
+KD_VEC KD_TARGET_CLONES static void swiglu_fwd(const float *restrict h, const float *restrict u,
+                                                float *restrict a, size_t cnt)
+{
+    for (size_t i = 0; i < cnt; i++) a[i] = h[i] * sigm(h[i]) * u[i];
+}
+
+/* du = da * silu(h); da (in place) = da * u * silu'(h) */
+KD_VEC KD_TARGET_CLONES static void swiglu_bwd(const float *restrict h, const float *restrict u,
+                                                float *restrict da, float *restrict du, size_t cnt)
+{
+    for (size_t i = 0; i < cnt; i++) {
+        float x = h[i], s = sigm(x), g = da[i];
+        du[i] = g * x * s;
+        da[i] = g * u[i] * s * (1.0f + x * (1.0f - s));
+    }
 }
 
 /* a = act(h) [* u] over cnt elements */
@@ -335,7 +376,7 @@ static void act_forward(kd_moe_activation k, const float *h, const float *u, flo
         for (size_t i = 0; i < cnt; i++) a[i] = 0.5f * h[i] * (1.0f + erff(h[i] * 0.70710678f));
         break;
     case KD_MOE_SWIGLU:
-        for (size_t i = 0; i < cnt; i++) a[i] = h[i] * sigm(h[i]) * u[i];
+        swiglu_fwd(h, u, a, cnt);
         break;
     }
 }
@@ -357,11 +398,7 @@ static void act_backward(kd_moe_activation k, const float *h, const float *u, fl
         }
         break;
     case KD_MOE_SWIGLU:
-        for (size_t i = 0; i < cnt; i++) {
-            float x = h[i], s = sigm(x);
-            du[i] = da[i] * x * s;
-            da[i] *= u[i] * s * (1.0f + x * (1.0f - s));
-        }
+        swiglu_bwd(h, u, da, du, cnt);
         break;
     }
 }
@@ -491,6 +528,90 @@ static void group(kd__moe_core *c, moe_bufs *b)
     for (size_t e = 0; e < E; e++) c->dropped[e] = c->routed[e] - (c->offs[e + 1] - c->offs[e]);
 }
 
+/* Expert e's rows r0 .. r0 + cnt of the grouped buffers. An expert with at
+ * most 4 rows keeps them row-major (cnt x width: kd__gemm's small-M kernels
+ * serve batch-1 inference); a larger one stores its H, U, A, O, dO, dA, dU
+ * blocks transposed (width x cnt), so that the expert's weights are GEMM's
+ * left operand: split into 8 experts of 256 rows, X W^T ran 1.24x slower
+ * than one dense GEMM of the same flops, W X^T 1.06x (BLIS, skx). */
+static int tposed(size_t cnt)
+{
+    return cnt > 4;
+}
+
+#define KD_MOE_CHUNK 16
+
+/* out[token] += (weighted ? routing weight : 1) * row r of blk (d wide) for
+ * every row of expert e, in row order (a token listed twice gets both). */
+static void scatter_block(const kd__moe_core *c, const moe_bufs *b, size_t e, int weighted,
+                          float *out, const float *blk)
+{
+    size_t d = c->d, r0 = c->offs[e], cnt = c->offs[e + 1] - r0;
+    if (!tposed(cnt)) {
+        for (size_t r = r0; r < r0 + cnt; r++) {
+            const kd_router_assign *as = &b->asg[b->perm[r]];
+            axpy(out + (size_t)as->token * d, weighted ? as->weight : 1.0f, blk + r * d, d);
+        }
+        return;
+    }
+    const float *bt = blk + r0 * d; /* d x cnt */
+    for (size_t rc = 0; rc < cnt; rc += KD_MOE_CHUNK) {
+        size_t q = cnt - rc < KD_MOE_CHUNK ? cnt - rc : KD_MOE_CHUNK;
+        float *row[KD_MOE_CHUNK], w[KD_MOE_CHUNK];
+        for (size_t i = 0; i < q; i++) {
+            const kd_router_assign *as = &b->asg[b->perm[r0 + rc + i]];
+            row[i] = out + (size_t)as->token * d;
+            w[i] = weighted ? as->weight : 1.0f;
+        }
+        for (size_t j = 0; j < d; j++) {
+            const float *src = bt + j * cnt + rc;
+            for (size_t i = 0; i < q; i++) row[i][j] += w[i] * src[i];
+        }
+    }
+}
+
+/* Backward of the weighted scatter for expert e: dO = w * dy[token] (in
+ * the block's layout) and dw[assignment] += dy[token] . O row. */
+static void out_grad_block(const kd__moe_core *c, moe_bufs *b, size_t e, const float *dy)
+{
+    size_t d = c->d, r0 = c->offs[e], cnt = c->offs[e + 1] - r0;
+    if (!tposed(cnt)) {
+        for (size_t r = r0; r < r0 + cnt; r++) {
+            size_t ai = b->perm[r];
+            const float *g = dy + (size_t)b->asg[ai].token * d, *o = b->o + r * d;
+            float w = b->asg[ai].weight, s = 0, *dO = b->dO + r * d;
+            for (size_t j = 0; j < d; j++) {
+                s += g[j] * o[j];
+                dO[j] = w * g[j];
+            }
+            b->dw[ai] += s;
+        }
+        return;
+    }
+    const float *ot = b->o + r0 * d;
+    float *dot = b->dO + r0 * d;
+    for (size_t rc = 0; rc < cnt; rc += KD_MOE_CHUNK) {
+        size_t q = cnt - rc < KD_MOE_CHUNK ? cnt - rc : KD_MOE_CHUNK;
+        const float *g[KD_MOE_CHUNK];
+        float w[KD_MOE_CHUNK], s[KD_MOE_CHUNK];
+        for (size_t i = 0; i < q; i++) {
+            const kd_router_assign *as = &b->asg[b->perm[r0 + rc + i]];
+            g[i] = dy + (size_t)as->token * d;
+            w[i] = as->weight;
+            s[i] = 0;
+        }
+        for (size_t j = 0; j < d; j++) {
+            const float *o = ot + j * cnt + rc;
+            float *t = dot + j * cnt + rc;
+            for (size_t i = 0; i < q; i++) {
+                s[i] += g[i][j] * o[i];
+                t[i] = w[i] * g[i][j];
+            }
+        }
+        for (size_t i = 0; i < q; i++) b->dw[b->perm[r0 + rc + i]] += s[i];
+    }
+}
+
 kd_status kd__moe_forward(kd__moe_core *c, kd_context *ctx, kd_rng *rng, int train,
                           const float *x, size_t n, float *y, float *fwd)
 {
@@ -529,16 +650,22 @@ kd_status kd__moe_forward(kd__moe_core *c, kd_context *ctx, kd_rng *rng, int tra
         const float *W1 = P + c->o_w1 + e * f * d, *W3 = P + c->o_w3 + e * f * d,
                     *W2 = P + c->o_w2 + e * d * f;
         float *h = b.h + r0 * f, *u = b.u ? b.u + r0 * f : NULL, *a = b.a + r0 * f;
-        kd__gemm(ctx, 0, 1, cnt, f, d, 1.0f, b.xg + r0 * d, d, W1, d, 0.0f, h, f);
-        if (u) kd__gemm(ctx, 0, 1, cnt, f, d, 1.0f, b.xg + r0 * d, d, W3, d, 0.0f, u, f);
-        act_forward(c->cfg.activation, h, u, a, cnt * f);
-        kd__gemm(ctx, 0, 1, cnt, d, f, 1.0f, a, f, W2, f, 0.0f, b.o + r0 * d, d);
+        const float *xg = b.xg + r0 * d;
+        if (tposed(cnt)) { /* H^T = W1 Xg^T (f x cnt), ..., O^T = W2 A^T (d x cnt) */
+            kd__gemm(ctx, 0, 1, f, cnt, d, 1.0f, W1, d, xg, d, 0.0f, h, cnt);
+            if (u) kd__gemm(ctx, 0, 1, f, cnt, d, 1.0f, W3, d, xg, d, 0.0f, u, cnt);
+            act_forward(c->cfg.activation, h, u, a, cnt * f);
+            kd__gemm(ctx, 0, 0, d, cnt, f, 1.0f, W2, f, a, cnt, 0.0f, b.o + r0 * d, cnt);
+        } else {
+            kd__gemm(ctx, 0, 1, cnt, f, d, 1.0f, xg, d, W1, d, 0.0f, h, f);
+            if (u) kd__gemm(ctx, 0, 1, cnt, f, d, 1.0f, xg, d, W3, d, 0.0f, u, f);
+            act_forward(c->cfg.activation, h, u, a, cnt * f);
+            kd__gemm(ctx, 0, 1, cnt, d, f, 1.0f, a, f, W2, f, 0.0f, b.o + r0 * d, d);
+        }
     }
     shared_forward(c, ctx, x, n, y, &b);
-    for (size_t r = 0; r < c->n_kept; r++) {
-        const kd_router_assign *as = &b.asg[b.perm[r]];
-        axpy(y + (size_t)as->token * d, as->weight, b.o + r * d, d);
-    }
+    for (size_t e = 0; e < E; e++)
+        scatter_block(c, &b, e, 1, y, b.o);
     return KD_OK;
 }
 
@@ -641,16 +768,7 @@ kd_status kd__moe_backward(kd__moe_core *c, kd_context *ctx, const float *x, con
 
     /* routing-weight gradients and weighted output gradients */
     for (size_t i = 0; i < c->n_assign; i++) b.dw[i] = 0;
-    for (size_t r = 0; r < c->n_kept; r++) {
-        size_t ai = b.perm[r];
-        const float *g = dy + (size_t)b.asg[ai].token * d, *o = b.o + r * d;
-        float w = b.asg[ai].weight, s = 0, *dO = b.dO + r * d;
-        for (size_t j = 0; j < d; j++) {
-            s += g[j] * o[j];
-            dO[j] = w * g[j];
-        }
-        b.dw[ai] += s;
-    }
+    for (size_t e = 0; e < E; e++) out_grad_block(c, &b, e, dy);
     for (size_t e = 0; e < E; e++) {
         size_t r0 = c->offs[e], cnt = c->offs[e + 1] - r0;
         if (!cnt) continue;
@@ -659,21 +777,31 @@ kd_status kd__moe_backward(kd__moe_core *c, kd_context *ctx, const float *x, con
         float *dW1 = G + c->o_w1 + e * f * d, *dW3 = G + c->o_w3 + e * f * d,
               *dW2 = G + c->o_w2 + e * d * f;
         float *dO = b.dO + r0 * d, *dA = b.dA + r0 * f, *dU = b.dU ? b.dU + r0 * f : NULL;
-        const float *xg = b.xg + r0 * d;
-        kd__gemm(ctx, 0, 0, cnt, f, d, 1.0f, dO, d, W2, f, 0.0f, dA, f);
-        kd__gemm(ctx, 1, 0, d, f, cnt, 1.0f, dO, d, b.a + r0 * f, f, 1.0f, dW2, f);
-        act_backward(act, b.h + r0 * f, b.u ? b.u + r0 * f : NULL, dA, dU, cnt * f);
-        kd__gemm(ctx, 1, 0, f, d, cnt, 1.0f, dA, f, xg, d, 1.0f, dW1, d);
-        if (dU) kd__gemm(ctx, 1, 0, f, d, cnt, 1.0f, dU, f, xg, d, 1.0f, dW3, d);
-        if (dx) { /* dXg into dO (free now) */
-            kd__gemm(ctx, 0, 0, cnt, d, f, 1.0f, dA, f, W1, d, 0.0f, dO, d);
-            if (dU) kd__gemm(ctx, 0, 0, cnt, d, f, 1.0f, dU, f, W3, d, 1.0f, dO, d);
+        const float *xg = b.xg + r0 * d, *a = b.a + r0 * f;
+        if (tposed(cnt)) { /* blocks are transposed: dO^T d x cnt, A^T, dA^T f x cnt */
+            kd__gemm(ctx, 1, 0, f, cnt, d, 1.0f, W2, f, dO, cnt, 0.0f, dA, cnt);
+            kd__gemm(ctx, 0, 1, d, f, cnt, 1.0f, dO, cnt, a, cnt, 1.0f, dW2, f);
+            act_backward(act, b.h + r0 * f, b.u ? b.u + r0 * f : NULL, dA, dU, cnt * f);
+            kd__gemm(ctx, 0, 0, f, d, cnt, 1.0f, dA, cnt, xg, d, 1.0f, dW1, d);
+            if (dU) kd__gemm(ctx, 0, 0, f, d, cnt, 1.0f, dU, cnt, xg, d, 1.0f, dW3, d);
+            if (dx) { /* dXg^T = W1^T dA^T (+ W3^T dU^T) into dO (free now) */
+                kd__gemm(ctx, 1, 0, d, cnt, f, 1.0f, W1, d, dA, cnt, 0.0f, dO, cnt);
+                if (dU) kd__gemm(ctx, 1, 0, d, cnt, f, 1.0f, W3, d, dU, cnt, 1.0f, dO, cnt);
+            }
+        } else {
+            kd__gemm(ctx, 0, 0, cnt, f, d, 1.0f, dO, d, W2, f, 0.0f, dA, f);
+            kd__gemm(ctx, 1, 0, d, f, cnt, 1.0f, dO, d, a, f, 1.0f, dW2, f);
+            act_backward(act, b.h + r0 * f, b.u ? b.u + r0 * f : NULL, dA, dU, cnt * f);
+            kd__gemm(ctx, 1, 0, f, d, cnt, 1.0f, dA, f, xg, d, 1.0f, dW1, d);
+            if (dU) kd__gemm(ctx, 1, 0, f, d, cnt, 1.0f, dU, f, xg, d, 1.0f, dW3, d);
+            if (dx) { /* dXg into dO (free now) */
+                kd__gemm(ctx, 0, 0, cnt, d, f, 1.0f, dA, f, W1, d, 0.0f, dO, d);
+                if (dU) kd__gemm(ctx, 0, 0, cnt, d, f, 1.0f, dU, f, W3, d, 1.0f, dO, d);
+            }
         }
     }
     if (dx)
-        for (size_t r = 0; r < c->n_kept; r++) {
-            axpy(dx + (size_t)b.asg[b.perm[r]].token * d, 1.0f, b.dO + r * d, d);
-        }
+        for (size_t e = 0; e < E; e++) scatter_block(c, &b, e, 0, dx, b.dO);
 
     /* router and auxiliary losses -> gate logits -> gate parameters, dx */
     memset(b.dz, 0, n * E * sizeof(float));

@@ -67,4 +67,7 @@ size_t kd__router_kmax(const kd_router_config *rc, size_t top_k, size_t E);
 
 extern const kd_layer_kind kd__kind_moe;
 
+/* The core of top-level layer `layer` of m when it is an 'moe' layer, else NULL. */
+kd__moe_core *kd__moe_layer_core(const kd_model *m, size_t layer);
+
 #endif
