@@ -18,7 +18,10 @@
  *   bench_sparse                 200,000 docs (builds in well under a minute)
  *   bench_sparse --docs 1000000  the 1M-document scale of the issue
  *   options: --queries N (default 300), --exhaustive-queries N (default 50),
- *            --threads N (batch case, default 2), --seed S
+ *            --threads N (batch case, default 2), --seed S,
+ *            --build-only 1 (stop after the sparse_build line)
+ * The build line gives wall and process CPU seconds (add_cpu_s, build_cpu_s:
+ * user + system time of this process, the useful figure on a loaded machine).
  *
  * Prints one line per case:
  *   bench=sparse_<case> docs=... key=value ...
@@ -27,9 +30,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "bench_util.h"
 #include "kd/kd.h"
+
+static double cpu_now(void)
+{
+    struct timespec t;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+    return (double)t.tv_sec + 1e-9 * (double)t.tv_nsec;
+}
 
 typedef struct zipf {
     double *cdf;
@@ -135,7 +146,7 @@ static void run_case(kd_context *ctx, const kd_sparse_index *idx, const char *na
 int main(int argc, char **argv)
 {
     size_t ndocs = 200000, nq = 300, nqx = 50;
-    int threads = 2;
+    int threads = 2, build_only = 0;
     uint64_t seed = 1;
     for (int i = 1; i + 1 < argc; i += 2) {
         if (!strcmp(argv[i], "--docs")) ndocs = strtoull(argv[i + 1], NULL, 10);
@@ -143,6 +154,7 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--exhaustive-queries")) nqx = strtoull(argv[i + 1], NULL, 10);
         else if (!strcmp(argv[i], "--threads")) threads = atoi(argv[i + 1]);
         else if (!strcmp(argv[i], "--seed")) seed = strtoull(argv[i + 1], NULL, 10);
+        else if (!strcmp(argv[i], "--build-only")) build_only = atoi(argv[i + 1]);
         else {
             fprintf(stderr, "unknown option %s\n", argv[i]);
             return 2;
@@ -162,7 +174,7 @@ int main(int argc, char **argv)
     kd_sparse_index_builder_create(ctx, NULL, &b);
     uint32_t terms[200], toks[200];
     float w[200];
-    double gen = 0.0, t0 = bench_now();
+    double gen = 0.0, t0 = bench_now(), cadd = 0.0;
     uint32_t *df = calloc(V, sizeof *df);
     const size_t keep_every = ndocs / nq > 0 ? ndocs / nq : 1;
     uint32_t *kept_t = malloc((ndocs / keep_every + 1) * 200 * sizeof *kept_t);
@@ -188,24 +200,32 @@ int main(int argc, char **argv)
             kept_m[nkept++] = nt;
         }
         gen += bench_now() - g0;
+        double c0 = cpu_now();
         if (kd_sparse_index_builder_add(b, (uint32_t)d, terms, w, nnz, toks, nt) != KD_OK) return 1;
+        cadd += cpu_now() - c0;
     }
     kd_sparse_index *idx;
-    double t1 = bench_now();
+    double t1 = bench_now(), c1 = cpu_now();
     if (kd_sparse_index_build(b, &idx) != KD_OK) {
         fprintf(stderr, "build: %s\n", kd_context_last_error(ctx));
         return 1;
     }
-    double t2 = bench_now();
+    double t2 = bench_now(), c2 = cpu_now();
     kd_sparse_index_builder_destroy(b);
     kd_sparse_index_stats st;
     st.struct_size = sizeof st;
     kd_sparse_index_stats_get(idx, &st);
     printf("bench=sparse_build docs=%zu postings=%llu bm25_postings=%llu add_s=%.2f build_s=%.2f "
+           "add_cpu_s=%.2f build_cpu_s=%.2f "
            "bytes=%llu learned_bytes_per_posting=%.3f bm25_bytes_per_posting=%.3f quant_bits=%u\n",
            ndocs, (unsigned long long)st.n_postings, (unsigned long long)st.n_bm25_postings, t1 - t0 - gen,
-           t2 - t1, (unsigned long long)st.bytes, (double)st.postings_bytes / (double)st.n_postings,
+           t2 - t1, cadd, c2 - c1, (unsigned long long)st.bytes, (double)st.postings_bytes / (double)st.n_postings,
            (double)st.bm25_postings_bytes / (double)st.n_bm25_postings, st.quant_bits);
+    if (build_only) {
+        kd_sparse_index_destroy(idx);
+        kd_context_destroy(ctx);
+        return 0;
+    }
     /* queries */
     qset q;
     q.n = nq;

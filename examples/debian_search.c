@@ -27,7 +27,13 @@
  *       (bias starts at 1: a TF-IDF-like start).
  *   2 expansion: w_d[t] = log(1 + relu(z_dt)) for every t of the model
  *       vocabulary (SPLADE-like, through the D-dimensional bottleneck).
- * No head expands beyond d's tokens except 2. With head 0, tokens outside
+ *   3 BM25 prior plus expansion: head 0 on d's own tokens, and for every
+ *       other model token w_d[t] = log(1 + relu(z_dt - c)) with c = e - 1.05,
+ *       so every expansion weight starts at log(1.05) (the same for every
+ *       document: no ranking change at the start) and training raises the
+ *       useful ones and the FLOPS term pushes the rest to 0; at indexing
+ *       expansion weights below --exp-min (0.1) are dropped.
+ * No head expands beyond d's tokens except 2 and 3. With heads 0 and 3, tokens outside
  * the model vocabulary (rare ones) keep w_d[t] = g_dt, untrained.
  * trained on the training packages with in-batch negatives (B queries x B
  * documents of the batch): cross-entropy on the known positive plus listwise
@@ -36,10 +42,12 @@
  * then encoded, pruned to their top --doc-terms weights and indexed with
  * their tokens, so one index answers BM25, learned and hybrid queries.
  *
- * Options: --steps N (1200) --batch B (128) --vocab Vm (16384) --dim D (64) --head 0|1|2
+ * Options: --steps N (1200) --batch B (128) --vocab Vm (16384) --dim D (64) --head 0|1|2|3
  *          --lr X (2e-3) --flops X (1e-3) --kl X (0.5) --doc-terms N (200)
  *          --test N (2000 held-out queries evaluated) --threads N (2)
- *          --seed S --save PATH (write the index)
+ *          --seed S --save PATH (write the index) --exp-min X (0.1, head 3)
+ *          --check F (exit 1 unless BM25, learned and sum each answer >= 90% of
+ *          the queries with MRR@10 >= F: the smoke test on tests/data)
  * Prints the MRR@10 / Recall@100 table.
  */
 #include <math.h>
@@ -99,6 +107,7 @@ static double prior(const bm25 *m, uint32_t tf, size_t dl)
 typedef struct eval_out {
     double mrr10, r100;
     double ms_per_query;
+    size_t answered; /* queries with at least one result */
 } eval_out;
 
 static eval_out evaluate(kd_context *ctx, const kd_sparse_index *idx, const dc_corpus *c,
@@ -131,8 +140,9 @@ static eval_out evaluate(kd_context *ctx, const kd_sparse_index *idx, const dc_c
     CHECK(kd_sparse_index_search_batch(ctx, idx, &sc, ntq, ws > 0 ? qo : NULL, ids, w,
                                        wb > 0 ? qo : NULL, ids, K, out, NULL, cnt));
     double t1 = now_s();
-    eval_out r = {0.0, 0.0, 1e3 * (t1 - t0) * threads / (double)(ntq ? ntq : 1)};
+    eval_out r = {0.0, 0.0, 1e3 * (t1 - t0) * threads / (double)(ntq ? ntq : 1), 0};
     for (size_t i = 0; i < ntq; i++) {
+        r.answered += cnt[i] > 0;
         for (size_t j = 0; j < cnt[i]; j++)
             if (out[i * K + j] == tq[i]) {
                 if (j < 10) r.mrr10 += 1.0 / (double)(j + 1);
@@ -152,13 +162,16 @@ static eval_out evaluate(kd_context *ctx, const kd_sparse_index *idx, const dc_c
 
 /* Document weights from the model output z [n x Vm] and the documents' term
  * frequencies tf [n x Vm] (see the top of the file). */
+#define EXP_SHIFT ((float)(2.718281828459045 - 1.05))
+
 static void doc_weights(const float *z, const float *tf, size_t n, size_t Vm, int head, float *w)
 {
     for (size_t i = 0; i < n * Vm; i++) {
         float r = z[i] > 0.0f ? z[i] : 0.0f;
-        if (head == 2) w[i] = log1pf(r);
+        if (head == 3 && !(tf[i] > 0.0f)) w[i] = z[i] > EXP_SHIFT ? log1pf(z[i] - EXP_SHIFT) : 0.0f;
+        else if (head == 2) w[i] = log1pf(r);
         else if (!(tf[i] > 0.0f)) w[i] = 0.0f;
-        else w[i] = head == 0 ? tf[i] * log1pf(r) : log1pf(tf[i] * r);
+        else w[i] = head == 1 ? log1pf(tf[i] * r) : tf[i] * log1pf(r);
     }
 }
 
@@ -167,10 +180,11 @@ static void doc_weights_backward(const float *z, const float *tf, size_t n, size
                                  float *g)
 {
     for (size_t i = 0; i < n * Vm; i++) {
-        if (!(z[i] > 0.0f)) g[i] = 0.0f;
+        if (head == 3 && !(tf[i] > 0.0f)) g[i] = z[i] > EXP_SHIFT ? g[i] / (1.0f + z[i] - EXP_SHIFT) : 0.0f;
+        else if (!(z[i] > 0.0f)) g[i] = 0.0f;
         else if (head == 2) g[i] = g[i] / (1.0f + z[i]);
         else if (!(tf[i] > 0.0f)) g[i] = 0.0f;
-        else g[i] = head == 0 ? g[i] * tf[i] / (1.0f + z[i]) : g[i] * tf[i] / (1.0f + tf[i] * z[i]);
+        else g[i] = head == 1 ? g[i] * tf[i] / (1.0f + tf[i] * z[i]) : g[i] * tf[i] / (1.0f + z[i]);
     }
 }
 
@@ -217,7 +231,7 @@ int main(int argc, char **argv)
         return 2;
     }
     size_t steps = 1200, B = 128, Vm = 16384, D = 64, doc_terms = 200, ntest_max = 2000;
-    float lr = 2e-3f, flops_w = 1e-3f, kl_w = 0.5f;
+    float lr = 2e-3f, flops_w = 1e-3f, kl_w = 0.5f, check = -1.0f, exp_min = 0.1f;
     int threads = 2, expand = 0;
     uint64_t seed = 7;
     const char *save = NULL;
@@ -236,6 +250,8 @@ int main(int argc, char **argv)
         else if (!strcmp(o, "--seed")) seed = strtoull(v, NULL, 10);
         else if (!strcmp(o, "--save")) save = v;
         else if (!strcmp(o, "--head")) expand = atoi(v);
+        else if (!strcmp(o, "--check")) check = strtof(v, NULL);
+        else if (!strcmp(o, "--exp-min")) exp_min = strtof(v, NULL);
         else {
             fprintf(stderr, "unknown option %s\n", o);
             return 2;
@@ -313,8 +329,9 @@ int main(int argc, char **argv)
         float *bias;
         CHECK(kd_model_tensor_find(m, "1.bias", &bi));
         CHECK(kd_model_tensor(m, bi, &bias, &nel, NULL, NULL, NULL));
-        for (size_t i = 0; i < nel; i++) bias[i] = expand == 0 ? (float)(exp(1.0) - 1.0) : 1.0f;
-        if (expand == 0) {
+        const int prior_head = expand == 0 || expand == 3;
+        for (size_t i = 0; i < nel; i++) bias[i] = prior_head ? (float)(exp(1.0) - 1.0) : 1.0f;
+        if (prior_head) {
             CHECK(kd_model_tensor_find(m, "1.weight", &bi));
             CHECK(kd_model_tensor(m, bi, &bias, &nel, NULL, NULL, NULL));
             memset(bias, 0, nel * sizeof *bias);
@@ -371,7 +388,7 @@ int main(int argc, char **argv)
         CHECK(kd_model_forward_ids(m, KD_MODE_TRAIN, bag, nb, bag_off, B, &z));
         for (size_t i = 0; i < B; i++)
             for (int32_t j = bag_off[i]; j < bag_off[i + 1]; j++) mtf[i * Vm + (size_t)bag[j]] += 1.0f;
-        if (expand == 0) bm25_prior(mtf, bag, bag_off, B, Vm, &c, 0, pick, bm.avgdl, bm.k1, bm.b);
+        if (expand == 0 || expand == 3) bm25_prior(mtf, bag, bag_off, B, Vm, &c, 0, pick, bm.avgdl, bm.k1, bm.b);
         doc_weights(z, mtf, B, Vm, expand, w);
         /* student scores S[q][d] and BM25 teacher T[q][d] over the batch */
         for (size_t j = 0; j < B; j++) {
@@ -387,7 +404,7 @@ int main(int argc, char **argv)
                 for (size_t k = 0; k < nq; k++) {
                     int32_t mid = to_m[qt[k]];
                     if (mid >= 0) s += (double)idf_m[mid] * w[j * Vm + (size_t)mid];
-                    else if (expand == 0 && bm.tf[qt[k]]) s += bm.idf[qt[k]] * prior(&bm, bm.tf[qt[k]], dl);
+                    else if ((expand == 0 || expand == 3) && bm.tf[qt[k]]) s += bm.idf[qt[k]] * prior(&bm, bm.tf[qt[k]], dl);
                 }
                 S[i * B + j] = (float)s;
             }
@@ -476,8 +493,11 @@ int main(int argc, char **argv)
         CHECK(kd_model_forward_ids(m, KD_MODE_INFER, bag, nb, bag_off, nbat, &z));
         for (size_t i = 0; i < nbat; i++)
             for (int32_t j = bag_off[i]; j < bag_off[i + 1]; j++) mtf[i * Vm + (size_t)bag[j]] += 1.0f;
-        if (expand == 0) bm25_prior(mtf, bag, bag_off, nbat, Vm, &c, d0, NULL, bm.avgdl, bm.k1, bm.b);
+        if (expand == 0 || expand == 3) bm25_prior(mtf, bag, bag_off, nbat, Vm, &c, d0, NULL, bm.avgdl, bm.k1, bm.b);
         doc_weights(z, mtf, nbat, Vm, expand, w);
+        if (expand == 3) /* drop small expansion weights (tokens not in the document) */
+            for (size_t i = 0; i < nbat * Vm; i++)
+                if (!(mtf[i] > 0.0f) && w[i] < exp_min) w[i] = 0.0f;
         for (size_t i = 0; i < nbat; i++)
             for (int32_t j = bag_off[i]; j < bag_off[i + 1]; j++) mtf[i * Vm + (size_t)bag[j]] = 0.0f;
         for (size_t i = 0; i < nbat; i++) {
@@ -489,7 +509,7 @@ int main(int argc, char **argv)
                     st_w[n++] = x;
                 }
             }
-            if (expand == 0) { /* tokens outside the model vocabulary keep their prior */
+            if (expand == 0 || expand == 3) { /* tokens outside the model vocabulary keep their prior */
                 size_t dl = c.doc_off[d + 1] - c.doc_off[d];
                 for (size_t j = c.doc_off[d]; j < c.doc_off[d + 1]; j++) bm.tf[c.doc_tok.v[j]]++;
                 for (size_t j = c.doc_off[d]; j < c.doc_off[d + 1]; j++) {
@@ -532,7 +552,8 @@ int main(int argc, char **argv)
     printf("\nheld-out known-item queries: %zu (synopsis -> own long description), %zu docs indexed\n", ntq, N);
     printf("model: %s, %s head; %zu steps x %zu pairs (%.2f epochs) in %.1f s on %d threads\n",
            spec,
-           expand == 2 ? "log(1+relu(z)) expansion"
+           expand == 3 ? "BM25-prior re-weighting + log(1+relu(z-c)) expansion"
+           : expand == 2 ? "log(1+relu(z)) expansion"
                        : expand == 1 ? "log(1+tf relu(z)) re-weighting" : "BM25-prior g*log(1+relu(z)) re-weighting",
            steps, B,
            (double)(steps * B) / (double)(ntr ? ntr : 1), train_s, threads);
@@ -542,6 +563,14 @@ int main(int argc, char **argv)
     printf("learned - BM25: MRR@10 %+.4f, Recall@100 %+.4f; sum - BM25: MRR@10 %+.4f\n",
            r[1].mrr10 - r[0].mrr10, r[1].r100 - r[0].r100, r[2].mrr10 - r[0].mrr10);
     printf("total %.1f s\n", now_s() - t_start);
+    int failed = 0;
+    if (check >= 0.0f)
+        for (int i = 0; i < 3; i++)
+            if (!(r[i].mrr10 >= check) || r[i].answered * 10 < ntq * 9 || ntq == 0) {
+                printf("check FAILED: %s MRR@10 %.4f (floor %.4f), %zu of %zu queries answered\n",
+                       modes[i].name, r[i].mrr10, (double)check, r[i].answered, ntq);
+                failed = 1;
+            }
 
     kd_sparse_index_destroy(idx);
     kd_loss_destroy(kl);
@@ -569,5 +598,5 @@ int main(int argc, char **argv)
     free(bm.idf);
     free(bm.tf);
     dc_free(&c);
-    return 0;
+    return failed;
 }

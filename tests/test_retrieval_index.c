@@ -3,6 +3,7 @@
  * formula; edge cases; allocation failures. */
 #include <math.h>
 #include <stdio.h>
+#include <stdint.h>
 #include <string.h>
 
 #include "kd_internal.h"
@@ -99,9 +100,13 @@ static void check_corpus(gen_kind kind, size_t ndocs, int nqueries, uint64_t see
     ref_stats_make(&c, &rs);
     const float wmodes[4][2] = {{1, 0}, {0, 1}, {1, 1}, {0.7f, 2.5f}};
     const size_t ks[] = {0, 1, 3, 10, 50, 100000};
-    static uint32_t ids[3][4000];
-    static float sc[3][4000];
+    static uint32_t ids[3][4000], sids[4000];
+    static float sc[3][4000], ssc[4000];
     size_t cnt[3];
+    /* one searcher across all queries, algorithms and k: its reused (and
+     * grown) scratch must give exactly the one-shot results */
+    kd_sparse_searcher *srch = NULL;
+    ck_assert_int_eq(kd_sparse_searcher_create(ctx, idx, &srch), KD_OK);
     for (int qi = 0; qi < nqueries; qi++) {
         gen_query q;
         gen_query_make(&q, &c, &r);
@@ -114,6 +119,11 @@ static void check_corpus(gen_kind kind, size_t ndocs, int nqueries, uint64_t see
             kd_status s = kd_sparse_index_search(ctx, idx, &cf, q.terms, q.w, q.nnz, q.toks, q.ntok,
                                                  k, ids[a], sc[a], &cnt[a]);
             ck_assert_msg(s == KD_OK, "search: %s", kd_context_last_error(ctx));
+            size_t sn = 0;
+            s = kd_sparse_searcher_search(srch, &cf, q.terms, q.w, q.nnz, q.toks, q.ntok, k, sids, ssc, &sn);
+            ck_assert_msg(s == KD_OK, "searcher: %s", kd_context_last_error(ctx));
+            ck_assert_uint_eq(sn, cnt[a]);
+            ck_assert(memcmp(sids, ids[a], sn * 4) == 0 && memcmp(ssc, sc[a], sn * 4) == 0);
         }
         for (int a = 0; a < 2; a++) {
             ck_assert_msg(cnt[a] == cnt[2], "kind %d query %d algo %d: %zu results vs %zu", kind, qi, a,
@@ -147,6 +157,7 @@ static void check_corpus(gen_kind kind, size_t ndocs, int nqueries, uint64_t see
             ck_assert_msg(fabs(ref - sc[2][i]) <= tol, "score %.9g vs reference %.9g", (double)sc[2][i], ref);
         }
     }
+    kd_sparse_searcher_destroy(srch);
     kd_sparse_index_destroy(idx);
     gen_corpus_free(&c);
     kd_context_destroy(ctx);
@@ -250,6 +261,24 @@ START_TEST(invalid_inputs)
     ck_assert_int_eq(kd_sparse_index_search(ctx, idx, &sc, t, w, 2, NULL, 0, 2, ids, NULL, &n), KD_E_VERSION);
     /* NULL context: the index's own */
     ck_assert_int_eq(kd_sparse_index_search(NULL, idx, NULL, t, w, 2, NULL, 0, 2, ids, NULL, &n), KD_OK);
+    /* searcher: hostile arguments; a failed search leaves it usable */
+    kd_sparse_searcher *sr = (kd_sparse_searcher *)&n;
+    ck_assert_int_eq(kd_sparse_searcher_create(ctx, NULL, &sr), KD_E_INVALID);
+    ck_assert_ptr_null(sr);
+    ck_assert_int_eq(kd_sparse_searcher_create(ctx, idx, NULL), KD_E_INVALID);
+    ck_assert_int_eq(kd_sparse_searcher_search(NULL, NULL, t, w, 2, NULL, 0, 2, ids, NULL, &n), KD_E_INVALID);
+    kd_sparse_searcher_destroy(NULL);
+    ck_assert_int_eq(kd_sparse_searcher_create(NULL, idx, &sr), KD_OK);
+    ck_assert_int_eq(kd_sparse_searcher_search(sr, NULL, t, bad, 2, NULL, 0, 2, ids, NULL, &n), KD_E_INVALID);
+    ck_assert_int_eq(kd_sparse_searcher_search(sr, NULL, t, w, 2, NULL, 0, 2, ids, NULL, NULL), KD_E_INVALID);
+    ck_assert_int_eq(kd_sparse_searcher_search(sr, NULL, NULL, NULL, 2, NULL, 0, 2, ids, NULL, &n), KD_E_INVALID);
+    ck_assert_int_eq(kd_sparse_searcher_search(sr, NULL, t, w, SIZE_MAX, NULL, 0, 2, ids, NULL, &n),
+                     KD_E_OVERFLOW);
+    ck_assert_int_eq(kd_sparse_searcher_search(sr, &sc, t, w, 2, NULL, 0, 2, ids, NULL, &n), KD_E_VERSION);
+    ck_assert_int_eq(kd_sparse_searcher_search(sr, NULL, t, w, 2, t, 2, SIZE_MAX, ids, NULL, &n), KD_OK);
+    ck_assert_uint_eq(n, 1);
+    ck_assert_uint_eq(ids[0], 5);
+    kd_sparse_searcher_destroy(sr);
     ck_assert_uint_eq(n, 1);
     ck_assert_uint_eq(ids[0], 5);
     kd_sparse_index_destroy(idx);
@@ -334,6 +363,12 @@ static kd_status alloc_body(kd_context *ctx, void *user)
         size_t n;
         const gen_doc *d = &c->docs[0];
         st = kd_sparse_index_search(ctx, idx, &cf, d->terms, d->w, d->nnz, d->toks, d->ntok, 5, ids, NULL, &n);
+        kd_sparse_searcher *sr = NULL;
+        if (st == KD_OK) st = kd_sparse_searcher_create(ctx, idx, &sr);
+        for (size_t j = 0; st == KD_OK && j < 3 && j < c->n; j++) /* grows with the queries */
+            st = kd_sparse_searcher_search(sr, &cf, c->docs[j].terms, c->docs[j].w, c->docs[j].nnz,
+                                           c->docs[j].toks, c->docs[j].ntok, 2 + j, ids, NULL, &n);
+        kd_sparse_searcher_destroy(sr);
         if (st == KD_OK) {
             size_t qo[2] = {0, d->nnz}, to[2] = {0, d->ntok};
             size_t cnt;

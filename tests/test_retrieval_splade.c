@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "kd_test.h"
+#include "ref/retrieval_ref.h"
 
 enum { B = 2, T = 3, V = 5 };
 
@@ -140,6 +141,33 @@ START_TEST(regulariser_gradients)
 }
 END_TEST
 
+/* Against PyTorch autograd (tests/ref/gen_retrieval_ref.py). */
+START_TEST(regulariser_torch)
+{
+    kd_context *ctx = kd_test_ctx();
+    float g[RREF_B * RREF_V], l;
+    const struct {
+        const float *grad;
+        float loss;
+        int idf;
+    } cases[2] = {{rref_flops_grad, rref_flops_loss, 0}, {rref_flops_idf_grad, rref_flops_idf_loss, 1}};
+    for (int c = 0; c < 2; c++) {
+        for (int i = 0; i < RREF_B * RREF_V; i++) g[i] = 0.25f; /* accumulates */
+        if (cases[c].idf)
+            ck_assert_int_eq(kd_sparse_flops_idf(ctx, rref_w, RREF_B, RREF_V, rref_idf, RREF_WEIGHT, &l, g), KD_OK);
+        else
+            ck_assert_int_eq(kd_sparse_flops(ctx, rref_w, RREF_B, RREF_V, RREF_WEIGHT, &l, g), KD_OK);
+        ck_assert_msg(fabsf(l - cases[c].loss) <= 1e-5f * cases[c].loss, "case %d: loss %g vs torch %g", c,
+                      (double)l, (double)cases[c].loss);
+        for (int i = 0; i < RREF_B * RREF_V; i++)
+            ck_assert_msg(fabsf(g[i] - 0.25f - cases[c].grad[i]) <= 1e-5f + 1e-5f * fabsf(cases[c].grad[i]),
+                          "case %d elem %d: %g vs torch %g", c, i, (double)(g[i] - 0.25f),
+                          (double)cases[c].grad[i]);
+    }
+    kd_context_destroy(ctx);
+}
+END_TEST
+
 START_TEST(regulariser_values)
 {
     kd_context *ctx = kd_test_ctx();
@@ -150,11 +178,23 @@ START_TEST(regulariser_values)
     ck_assert_float_eq_tol(l, 1.5f * 1.5f + 1.0f, 1e-6f);
     ck_assert_int_eq(kd_sparse_l1(ctx, w, 2, 2, 2.0f, &l, NULL), KD_OK);
     ck_assert_float_eq_tol(l, 2.0f * 5.0f / 2.0f, 1e-6f);
+    /* IDF-aware FLOPS: sum_j (idf_j mean_i |w_ij|)^2 = (3 * 1.5)^2 + (0.5 * 1)^2 */
     const float idf[2] = {3.0f, 0.5f};
     ck_assert_int_eq(kd_sparse_flops_idf(ctx, w, 2, 2, idf, 1.0f, &l, NULL), KD_OK);
-    ck_assert_float_eq_tol(l, (1.5f / 3.0f) * (1.5f / 3.0f) + 4.0f, 1e-6f);
-    const float bad_idf[2] = {0.0f, 1.0f};
+    ck_assert_float_eq_tol(l, 20.5f, 1e-5f);
+    /* = per-term weighted FLOPS with idf^2 */
+    const float idf2[2] = {9.0f, 0.25f};
+    float lw;
+    ck_assert_int_eq(kd_sparse_flops_weighted(ctx, w, 2, 2, idf2, 1.0f, &lw, NULL), KD_OK);
+    ck_assert_float_eq_tol(l, lw, 1e-6f);
+    /* idf 0 (a term in every document) is allowed and costs nothing */
+    const float idf0[2] = {0.0f, 1.0f};
+    ck_assert_int_eq(kd_sparse_flops_idf(ctx, w, 2, 2, idf0, 1.0f, &l, NULL), KD_OK);
+    ck_assert_float_eq_tol(l, 1.0f, 1e-6f);
+    const float bad_idf[2] = {-1.0f, 1.0f};
     ck_assert_int_eq(kd_sparse_flops_idf(ctx, w, 2, 2, bad_idf, 1.0f, &l, NULL), KD_E_INVALID);
+    const float nan_idf[2] = {NAN, 1.0f};
+    ck_assert_int_eq(kd_sparse_flops_idf(ctx, w, 2, 2, nan_idf, 1.0f, &l, NULL), KD_E_INVALID);
     ck_assert_int_eq(kd_sparse_flops(ctx, w, 0, 2, 1.0f, &l, NULL), KD_E_INVALID);
     /* quadratic warm-up */
     ck_assert_float_eq(kd_sparse_reg_schedule(0.8f, 0, 100), 0.0f);
@@ -240,6 +280,7 @@ Suite *kd_test_suite(void)
     tcase_add_test(tc, head_backward_fd);
     tcase_add_test(tc, regulariser_gradients);
     tcase_add_test(tc, regulariser_values);
+    tcase_add_test(tc, regulariser_torch);
     tcase_add_test(tc, prune_and_dense);
     tcase_add_test(tc, prune_random_vs_reference);
     suite_add_tcase(s, tc);

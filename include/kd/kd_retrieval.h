@@ -30,8 +30,10 @@
  * Thread safety: a built or loaded kd_sparse_index is immutable. Any number
  * of threads may search one index at the same time provided each thread
  * passes its own kd_context to the search functions (the context receives
- * scratch allocations and error text). kd_sparse_index_search_batch runs its
- * own worker threads (pthreads, hosted builds only).
+ * scratch allocations and error text), or each thread uses its own
+ * kd_sparse_searcher (which keeps that scratch between queries).
+ * kd_sparse_index_search_batch runs its own worker threads (pthreads, hosted
+ * builds only).
  */
 #ifndef KD_RETRIEVAL_H
 #define KD_RETRIEVAL_H
@@ -105,13 +107,19 @@ KD_API kd_status kd_sparse_flops_weighted(kd_context *ctx, const float *w, size_
 
 /**
  * IDF-aware FLOPS for inference-free retrievers (Geng et al. 2024, "Towards
- * Competitive Search Relevance For Inference-Free Learned Sparse Retrievers").
- * The query side is its tokens weighted by IDF, so a document term's effect on
- * the score is idf_j * w_j; the penalty is taken on the document weight
- * relative to that effect:
- *   L = weight * sum_j (1/B sum_i |w_ij| / idf_j)^2,
- * so informative (high-IDF) terms are penalised less and low-IDF terms more.
- * idf [vocab], each finite and > 0.
+ * Competitive Search Relevance For Inference-Free Learned Sparse Retrievers";
+ * restated by the same group as the document FLOPS term of "Exploring l0
+ * Sparsification for Inference-free Sparse Retrievers", Shen et al. 2025).
+ * The query side is its tokens weighted by IDF, so a document term's effect
+ * on the score is idf_j * w_j; FLOPS is taken on that effect, i.e. on the
+ * IDF-weighted document representation:
+ *   L = weight * sum_j (idf_j * 1/B sum_i |w_ij|)^2
+ *     = weight * sum_j idf_j^2 (1/B sum_i |w_ij|)^2,
+ *   dL/dw_ij = weight * 2 idf_j^2 (1/B sum_i |w_ij|) sign(w_ij) / B.
+ * Per unit of score every term is penalised alike, so, relative to plain
+ * FLOPS on w, a low-IDF term (which needs a large w_j to move the score) is
+ * penalised less per unit of w and a high-IDF term more.
+ * idf [vocab], each finite and >= 0.
  */
 KD_API kd_status kd_sparse_flops_idf(kd_context *ctx, const float *w, size_t batch,
                                      size_t vocab, const float *idf, float weight, float *loss,
@@ -238,12 +246,46 @@ KD_API void kd_sparse_search_config_default_sized(kd_sparse_search_config *cfg, 
  * tokens[ntokens]; either may be empty. Terms absent from the index are
  * ignored. out_ids / out_scores (each room for k; out_scores may be NULL)
  * receive *out_count = min(k, matching docs) results, best first.
+ * Allocates its scratch on every call; for a stream of queries use a
+ * kd_sparse_searcher.
  */
 KD_API kd_status kd_sparse_index_search(kd_context *ctx, const kd_sparse_index *idx,
                                         const kd_sparse_search_config *cfg,
                                         const uint32_t *term_ids, const float *weights, size_t nnz,
                                         const uint32_t *tokens, size_t ntokens, size_t k,
                                         uint32_t *out_ids, float *out_scores, size_t *out_count);
+
+/**
+ * A reusable search handle. kd_sparse_index_search allocates its scratch
+ * (cursors, result heap, MaxScore window accumulators) on every call; a
+ * searcher allocates it once, keeps it between queries and grows it when a
+ * query needs more (more distinct terms, a larger k, or the exhaustive
+ * algorithm's per-document accumulators), so a stream of queries of similar
+ * size allocates nothing after the first. Results are identical to
+ * kd_sparse_index_search's.
+ *
+ * Ownership: idx is borrowed and must outlive the searcher. ctx (NULL: the
+ * index's context) is kept: it receives the scratch allocations and the error
+ * text of every search through this searcher.
+ * Thread safety: a searcher is used by one thread at a time. For concurrent
+ * search give each thread its own searcher with its own context; any number
+ * of searchers may share one index.
+ */
+typedef struct kd_sparse_searcher kd_sparse_searcher;
+
+KD_API kd_status kd_sparse_searcher_create(kd_context *ctx, const kd_sparse_index *idx,
+                                           kd_sparse_searcher **out);
+
+/** Top-k search with the searcher's scratch; arguments and results exactly as
+ *  kd_sparse_index_search. On failure the searcher stays usable. */
+KD_API kd_status kd_sparse_searcher_search(kd_sparse_searcher *s, const kd_sparse_search_config *cfg,
+                                           const uint32_t *term_ids, const float *weights,
+                                           size_t nnz, const uint32_t *tokens, size_t ntokens,
+                                           size_t k, uint32_t *out_ids, float *out_scores,
+                                           size_t *out_count);
+
+/** NULL is a no-op. */
+KD_API void kd_sparse_searcher_destroy(kd_sparse_searcher *s);
 
 /**
  * Searches n queries in parallel (hosted builds). Queries are in CSR form:

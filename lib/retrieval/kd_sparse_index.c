@@ -170,22 +170,48 @@ void kd_sparse_index_builder_destroy(kd_sparse_index_builder *b)
     kd__free(ctx, b);
 }
 
-typedef struct {
-    uint32_t id;
-    float w;
-} pair_f;
 
-static int cmp_u32(const void *a, const void *b)
-{
-    uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
-    return (x > y) - (x < y);
-}
-
-static int cmp_pair(const void *a, const void *b)
-{
-    const pair_f *x = (const pair_f *)a, *y = (const pair_f *)b;
-    return (x->id > y->id) - (x->id < y->id);
-}
+/* Typed in-place sorts (quicksort, median of three, insertion sort below 16
+ * elements, recursion on the smaller side): qsort's indirect comparisons
+ * dominated building (glibc's merge sort through a function pointer). */
+#define KD_SPX_SORT(NAME, T)                                                    \
+    static void NAME(T *a, size_t n)                                            \
+    {                                                                           \
+        while (n > 16) {                                                        \
+            T x = a[0], y = a[n / 2], z = a[n - 1], p;                          \
+            p = x < y ? (y < z ? y : (x < z ? z : x)) : (x < z ? x : (y < z ? z : y)); \
+            size_t i = 0, j = n - 1;                                            \
+            for (;;) {                                                          \
+                while (a[i] < p) i++;                                           \
+                while (p < a[j]) j--;                                           \
+                if (i >= j) break;                                              \
+                T t = a[i];                                                     \
+                a[i++] = a[j];                                                  \
+                a[j--] = t;                                                     \
+            }                                                                   \
+            /* [0, j] <= p <= [j + 1, n) */                                     \
+            if (j + 1 < n - j - 1) {                                            \
+                NAME(a, j + 1);                                                 \
+                a += j + 1;                                                     \
+                n -= j + 1;                                                     \
+            } else {                                                            \
+                NAME(a + j + 1, n - j - 1);                                     \
+                n = j + 1;                                                      \
+            }                                                                   \
+        }                                                                       \
+        for (size_t i = 1; i < n; i++) {                                        \
+            T x = a[i];                                                         \
+            size_t j = i;                                                       \
+            while (j > 0 && x < a[j - 1]) {                                     \
+                a[j] = a[j - 1];                                                \
+                j--;                                                            \
+            }                                                                   \
+            a[j] = x;                                                           \
+        }                                                                       \
+    }
+KD_SPX_SORT(sort_u32, uint32_t)
+KD_SPX_SORT(sort_u64, uint64_t)
+#undef KD_SPX_SORT
 
 kd_status kd_sparse_index_builder_add(kd_sparse_index_builder *b, uint32_t doc_id,
                                       const uint32_t *term_ids, const float *weights, size_t nnz,
@@ -206,7 +232,7 @@ kd_status kd_sparse_index_builder_add(kd_sparse_index_builder *b, uint32_t doc_i
             return kd__fail(ctx, KD_E_INVALID, "builder_add: doc %u weight %zu is %g (need finite >= 0)",
                             doc_id, i, (double)weights[i]);
     size_t big = nnz > ntokens ? nnz : ntokens;
-    /* tmp_u holds pair_f records (8 bytes) for the learned part: 2 u32 each */
+    /* tmp_u holds the learned part's 64-bit (term, position) keys: 2 u32 each */
     if (!grow(ctx, (void **)&b->tmp_u, &b->cap_tmp, 2 * big + 2, sizeof(uint32_t))) return KD_E_NOMEM;
     if (!grow(ctx, (void **)&b->docs, &b->cap_docs, b->ndocs + 1, sizeof(bdoc))) return KD_E_NOMEM;
     if (!grow2(ctx, (void **)&b->lterm, (void **)&b->lw, &b->cap_l, b->nl + nnz, sizeof(uint32_t),
@@ -218,19 +244,17 @@ kd_status kd_sparse_index_builder_add(kd_sparse_index_builder *b, uint32_t doc_i
     bdoc *d = &b->docs[b->ndocs];
     d->ext_id = doc_id;
     d->len = (uint32_t)ntokens;
-    /* learned part: sort by term, sum duplicates, drop zeros */
-    pair_f *pf = (pair_f *)(void *)b->tmp_u;
-    for (size_t i = 0; i < nnz; i++) {
-        pf[i].id = term_ids[i];
-        pf[i].w = weights[i];
-    }
-    qsort(pf, nnz, sizeof *pf, cmp_pair);
+    /* learned part: sort by (term, position) (so repeated terms are summed
+     * in the caller's order), sum duplicates, drop zeros */
+    uint64_t *key = (uint64_t *)(void *)b->tmp_u;
+    for (size_t i = 0; i < nnz; i++) key[i] = (uint64_t)term_ids[i] << 32 | (uint64_t)i;
+    sort_u64(key, nnz);
     d->loff = b->nl;
     size_t n = 0;
     for (size_t i = 0; i < nnz;) {
-        uint32_t t = pf[i].id;
+        uint32_t t = (uint32_t)(key[i] >> 32);
         float s = 0.0f;
-        while (i < nnz && pf[i].id == t) s += pf[i++].w;
+        while (i < nnz && (uint32_t)(key[i] >> 32) == t) s += weights[(uint32_t)key[i++]];
         if (!isfinite(s))
             return kd__fail(ctx, KD_E_INVALID, "builder_add: doc %u term %u weight overflows", doc_id, t);
         if (s > 0.0f) {
@@ -244,7 +268,7 @@ kd_status kd_sparse_index_builder_add(kd_sparse_index_builder *b, uint32_t doc_i
     /* BM25 part: sorted tokens -> (token, tf) */
     uint32_t *tk = b->tmp_u;
     memcpy(tk, tokens ? tokens : tk, ntokens * sizeof *tk);
-    qsort(tk, ntokens, sizeof *tk, cmp_u32);
+    sort_u32(tk, ntokens);
     d->boff = b->nb;
     n = 0;
     for (size_t i = 0; i < ntokens;) {
@@ -323,28 +347,59 @@ static kd_status field_build(kd_sparse_index_builder *b, int kind, const uint32_
     size_t np = kind == 0 ? b->nl : b->nb;
     memset(f, 0, sizeof *f);
     f->np = np;
-    /* distinct terms: sort a copy */
-    uint32_t *all = (uint32_t *)kd__calloc(ctx, np ? np : 1, sizeof *all);
-    if (!all) return KD_E_NOMEM;
-    if (np) memcpy(all, pt, np * sizeof *all);
-    qsort(all, np, sizeof *all, cmp_u32);
-    size_t nt = 0;
+    /* distinct terms. Term ids up to about the number of postings (the usual
+     * case: a vocabulary) go through a dense map term -> index, built by
+     * counting; larger ids sort a copy of the postings' terms. */
+    uint32_t tmax = 0;
     for (size_t i = 0; i < np; i++)
-        if (i == 0 || all[i] != all[i - 1]) all[nt++] = all[i];
+        if (pt[i] > tmax) tmax = pt[i];
+    uint32_t *dmap = NULL; /* [tmax + 1]: index + 1 of a term, 0 = absent */
+    if (np && (uint64_t)tmax < 2 * (uint64_t)np + 65536) {
+        dmap = (uint32_t *)kd__calloc(ctx, (size_t)tmax + 1, sizeof *dmap);
+        if (!dmap) return KD_E_NOMEM;
+    }
+    uint32_t *all = NULL;
+    size_t nt = 0;
+    if (dmap) {
+        for (size_t i = 0; i < np; i++) dmap[pt[i]] = 1;
+        for (size_t t = 0; t <= tmax; t++) nt += dmap[t];
+        all = (uint32_t *)kd__calloc(ctx, nt ? nt : 1, sizeof *all);
+        if (!all) {
+            kd__free(ctx, dmap);
+            return KD_E_NOMEM;
+        }
+        nt = 0;
+        for (size_t t = 0; t <= tmax; t++)
+            if (dmap[t]) {
+                all[nt++] = (uint32_t)t;
+                dmap[t] = (uint32_t)nt;
+            }
+    } else {
+        all = (uint32_t *)kd__calloc(ctx, np ? np : 1, sizeof *all);
+        if (!all) return KD_E_NOMEM;
+        if (np) memcpy(all, pt, np * sizeof *all);
+        sort_u32(all, np);
+        for (size_t i = 0; i < np; i++)
+            if (i == 0 || all[i] != all[i - 1]) all[nt++] = all[i];
+    }
     f->terms = all;
     f->nterms = nt;
     f->start = (uint64_t *)kd__calloc(ctx, nt + 1, sizeof *f->start);
     f->pdoc = (uint32_t *)kd__calloc(ctx, np ? np : 1, sizeof *f->pdoc);
     f->pval = (uint32_t *)kd__calloc(ctx, np ? np : 1, sizeof *f->pval);
-    if (!f->start || !f->pdoc || !f->pval) return KD_E_NOMEM;
     /* term index of each posting, reused as a counter pass then a fill pass */
     uint32_t *tix = (uint32_t *)kd__calloc(ctx, np ? np : 1, sizeof *tix);
-    if (!tix) return KD_E_NOMEM;
+    if (!f->start || !f->pdoc || !f->pval || !tix) {
+        kd__free(ctx, tix);
+        kd__free(ctx, dmap);
+        return KD_E_NOMEM;
+    }
     for (size_t i = 0; i < np; i++) {
-        size_t t = find_term(f->terms, nt, pt[i]);
+        size_t t = dmap ? (size_t)dmap[pt[i]] - 1 : find_term(f->terms, nt, pt[i]);
         tix[i] = (uint32_t)t;
         f->start[t + 1]++;
     }
+    kd__free(ctx, dmap);
     for (size_t t = 0; t < nt; t++) f->start[t + 1] += f->start[t];
     uint64_t *fill = (uint64_t *)kd__calloc(ctx, nt ? nt : 1, sizeof *fill);
     if (!fill) {

@@ -100,10 +100,11 @@ kd_status kd_splade_backward(kd_context *ctx, const float *logits, const uint8_t
     return KD_OK;
 }
 
-/* Shared FLOPS core: L = weight * sum_j c_j (mean_i |w_ij|)^2. c == NULL: 1;
- * inv_idf != 0: c_j = 1 / cw_j^2. */
+/* Shared FLOPS core: L = weight * sum_j c_j (mean_i |w_ij|)^2. cw == NULL:
+ * c_j = 1; square == 0: c_j = cw_j; square != 0: c_j = cw_j^2 (IDF-aware:
+ * sum_j (idf_j mean_i |w_ij|)^2). */
 static kd_status flops_core(kd_context *ctx, const char *fn, const float *w, size_t batch,
-                            size_t vocab, const float *cw, int inv_square, float weight,
+                            size_t vocab, const float *cw, int square, float weight,
                             float *loss, float *grad)
 {
     size_t total = 0;
@@ -114,7 +115,7 @@ static kd_status flops_core(kd_context *ctx, const char *fn, const float *w, siz
     if (st != KD_OK) return st;
     if (cw)
         for (size_t j = 0; j < vocab; j++)
-            if (!isfinite(cw[j]) || cw[j] < 0.0f || (inv_square && cw[j] <= 0.0f))
+            if (!isfinite(cw[j]) || cw[j] < 0.0f)
                 return kd__fail(ctx, KD_E_INVALID, "%s: per-term weight %zu is %g", fn, j,
                                 (double)cw[j]);
     for (size_t i = 0; i < total; i++)
@@ -126,7 +127,7 @@ static kd_status flops_core(kd_context *ctx, const char *fn, const float *w, siz
         for (size_t i = 0; i < batch; i++) m += fabs((double)w[i * vocab + j]);
         m *= inv_b;
         double c = 1.0;
-        if (cw) c = inv_square ? 1.0 / ((double)cw[j] * (double)cw[j]) : (double)cw[j];
+        if (cw) c = square ? (double)cw[j] * (double)cw[j] : (double)cw[j];
         L += c * m * m;
         if (grad && m != 0.0) {
             /* d/dw_ij [c m^2] = 2 c m sign(w_ij) / B */
