@@ -6,6 +6,9 @@
  * (A and B); the parent SIGKILLs it after a random delay, then loads the file
  * and requires it to equal A or B exactly. Temporary files a killed writer
  * leaves behind are allowed (they never carry the final name) and removed.
+ * Formats: checkpoints, sparse indexes, teacher-logit caches; for the cache
+ * also a resume (kd_cache_writer_open with resume) after every kill, which
+ * must finish byte-identical to an uninterrupted run.
  */
 #include <dirent.h>
 #include <signal.h>
@@ -17,7 +20,15 @@
 
 #include "kd_test.h"
 
-#define KILLS 60
+#define KILLS 60       /* per format; KD_CRASH_KILLS overrides (longer campaigns) */
+#define CACHE_KILLS 30 /* each of the cache's two loops, to keep the suite short */
+
+static int kills(int dflt)
+{
+    const char *e = getenv("KD_CRASH_KILLS");
+    int n = e ? atoi(e) : 0;
+    return n > 0 ? n : dflt;
+}
 
 static char dir[64], path[128];
 
@@ -65,7 +76,7 @@ static int remove_leftovers(void)
     return n;
 }
 
-static void kill_loop(write_fn w, check_fn c)
+static void kill_loop(write_fn w, check_fn c, int n_kills)
 {
     kd_context *ctx = kd_test_ctx();
     ck_assert_int_eq(w(ctx, -1), 0);
@@ -78,7 +89,7 @@ static void kill_loop(write_fn w, check_fn c)
     kd_rng r;
     kd_rng_seed(&r, 2026, 1);
     int seen[2] = {0, 0}, mid_write = 0;
-    for (int k = 0; k < KILLS; k++) {
+    for (int k = 0; k < n_kills; k++) {
         int ready[2];
         ck_assert_int_eq(pipe(ready), 0);
         pid_t pid = fork();
@@ -107,8 +118,8 @@ static void kill_loop(write_fn w, check_fn c)
     }
     /* The kills really landed inside writes (a killed writer leaves its
      * temporary file), and yet every final file was complete. */
-    ck_assert_msg(mid_write >= KILLS / 10, "only %d of %d kills hit a write (A %d, B %d)", mid_write,
-                  KILLS, seen[0], seen[1]);
+    ck_assert_msg(mid_write >= n_kills / 10, "only %d of %d kills hit a write (A %d, B %d)", mid_write,
+                  n_kills, seen[0], seen[1]);
     kd_context_destroy(ctx);
 }
 
@@ -159,7 +170,7 @@ static int check_ckpt(kd_context *ctx)
 START_TEST(checkpoint_writes_survive_kills)
 {
     snprintf(path, sizeof path, "%s/model.safetensors", dir);
-    kill_loop(write_ckpt, check_ckpt);
+    kill_loop(write_ckpt, check_ckpt, kills(KILLS));
 }
 END_TEST
 
@@ -215,7 +226,179 @@ static int check_index(kd_context *ctx)
 START_TEST(index_writes_survive_kills)
 {
     snprintf(path, sizeof path, "%s/index.kdsi", dir);
-    kill_loop(write_index, check_index);
+    kill_loop(write_index, check_index, kills(KILLS));
+}
+END_TEST
+
+/* ---- teacher-logit caches ------------------------------------------------ */
+
+#define CV 96          /* classes */
+#define CROWS_A 300    /* positions of version A */
+#define CROWS_B 500    /* positions of version B */
+#define CCHUNK 20      /* rows per append */
+
+static float *cache_logits; /* CROWS_B x CV; version A is its first CROWS_A rows */
+static unsigned char *cache_ref[2];
+static size_t cache_ref_n[2];
+
+static void cache_cfg(kd_cache_config *cfg)
+{
+    kd_cache_config_default(cfg);
+    cfg->k = 12;
+    cfg->block_positions = 16;
+}
+
+/* Writes rows [from, rows) of the logits into an open writer and finishes. */
+static int cache_append_finish(kd_cache_writer *w, size_t from, size_t rows)
+{
+    for (size_t r = from; r < rows; r += CCHUNK) {
+        size_t n = rows - r < CCHUNK ? rows - r : CCHUNK;
+        if (kd_cache_writer_append_logits(w, cache_logits + r * CV, n) != KD_OK) return -1;
+    }
+    return kd_cache_writer_finish(w) == KD_OK ? 0 : -1;
+}
+
+static int write_cache_rows(kd_context *ctx, size_t rows)
+{
+    kd_cache_config cfg;
+    cache_cfg(&cfg);
+    kd_cache_writer *w = NULL;
+    if (kd_cache_writer_open(ctx, path, CV, &cfg, 0, &w) != KD_OK) return -1;
+    int rc = cache_append_finish(w, 0, rows);
+    kd_cache_writer_destroy(w);
+    return rc;
+}
+
+static void cache_prepare(kd_context *ctx)
+{
+    if (cache_logits) return;
+    cache_logits = malloc((size_t)CROWS_B * CV * sizeof(float));
+    ck_assert_ptr_nonnull(cache_logits);
+    kd_test_fill(cache_logits, (size_t)CROWS_B * CV, -6, 6, 31);
+    /* The reference bytes of both versions (the writer is deterministic). */
+    for (int v = 0; v < 2; v++) {
+        ck_assert_int_eq(write_cache_rows(ctx, v ? CROWS_B : CROWS_A), 0);
+        cache_ref[v] = kd_test_read_file(path, &cache_ref_n[v]);
+    }
+    ck_assert(cache_ref_n[0] != cache_ref_n[1]);
+}
+
+static int write_cache(kd_context *ctx, int version)
+{
+    if (version < 0) return 0;
+    return write_cache_rows(ctx, version ? CROWS_B : CROWS_A);
+}
+
+/* The file under the final name must open (full validation: every CRC) and
+ * equal one version byte for byte. */
+static int check_cache(kd_context *ctx)
+{
+    kd_logit_cache *c = NULL;
+    if (kd_logit_cache_open(ctx, path, &c) != KD_OK) return -1;
+    uint64_t pos = kd_logit_cache_positions(c);
+    kd_logit_cache_close(c);
+    size_t n;
+    unsigned char *b = kd_test_read_file(path, &n);
+    int v = -1;
+    for (int cand = 0; cand < 2; cand++)
+        if (n == cache_ref_n[cand] && memcmp(b, cache_ref[cand], n) == 0 &&
+            pos == (cand ? CROWS_B : CROWS_A))
+            v = cand;
+    free(b);
+    return v;
+}
+
+static void cache_cleanup(void)
+{
+    free(cache_logits);
+    cache_logits = NULL;
+    for (int v = 0; v < 2; v++) {
+        free(cache_ref[v]);
+        cache_ref[v] = NULL;
+    }
+}
+
+START_TEST(cache_writes_survive_kills)
+{
+    snprintf(path, sizeof path, "%s/teacher.kdlc", dir);
+    kd_context *ctx = kd_test_ctx();
+    cache_prepare(ctx);
+    kd_context_destroy(ctx);
+    kill_loop(write_cache, check_cache, kills(CACHE_KILLS));
+    cache_cleanup();
+}
+END_TEST
+
+/*
+ * A writer producing version B from scratch is killed at a random moment;
+ * then a resumed writer (resume = 1) continues from what "<path>.partial"
+ * kept and finishes. The final file must be byte-identical to an
+ * uninterrupted run, whatever the kill tore (a half-written block, a
+ * half-written finish), and the partial file must be gone.
+ */
+START_TEST(cache_resume_after_kill)
+{
+    snprintf(path, sizeof path, "%s/teacher.kdlc", dir);
+    char partial[160];
+    snprintf(partial, sizeof partial, "%s.partial", path);
+    kd_context *ctx = kd_test_ctx();
+    cache_prepare(ctx);
+    unlink(path);
+    double t0 = now_us();
+    ck_assert_int_eq(write_cache(ctx, 1), 0);
+    unsigned max_us = (unsigned)(1.5 * (now_us() - t0)) + 100;
+    unlink(path);
+    kd_rng r;
+    kd_rng_seed(&r, 2027, 3);
+    int midway = 0, already_final = 0;
+    kd_cache_config cfg;
+    cache_cfg(&cfg);
+    int n_kills = kills(CACHE_KILLS);
+    for (int k = 0; k < n_kills; k++) {
+        int ready[2];
+        ck_assert_int_eq(pipe(ready), 0);
+        pid_t pid = fork();
+        ck_assert_int_ge(pid, 0);
+        if (pid == 0) {
+            kd_context *cctx = NULL;
+            if (kd_context_create(NULL, &cctx) != KD_OK) _exit(3);
+            if (write(ready[1], "r", 1) != 1) _exit(5);
+            for (;;)
+                if (write_cache(cctx, 1) != 0) _exit(4);
+        }
+        char byte;
+        ck_assert_int_eq(read(ready[0], &byte, 1), 1);
+        close(ready[0]);
+        close(ready[1]);
+        random_sleep(&r, max_us);
+        kill(pid, SIGKILL);
+        int status;
+        waitpid(pid, &status, 0);
+        ck_assert_msg(WIFSIGNALED(status), "writer exited by itself (status %d)", status);
+        /* Under the final name: nothing yet, or the complete file. */
+        if (access(path, F_OK) == 0) {
+            ck_assert_int_eq(check_cache(ctx), 1);
+            already_final++;
+        }
+        kd_cache_writer *w = NULL;
+        ck_assert_int_eq(kd_cache_writer_open(ctx, path, CV, &cfg, 1, &w), KD_OK);
+        uint64_t kept = kd_cache_writer_positions(w);
+        ck_assert_uint_le(kept, CROWS_B);
+        ck_assert_uint_eq(kept % cfg.block_positions, 0);
+        midway += kept > 0;
+        ck_assert_int_eq(cache_append_finish(w, (size_t)kept, CROWS_B), 0);
+        kd_cache_writer_destroy(w);
+        ck_assert_int_eq(access(partial, F_OK), -1);
+        ck_assert_msg(check_cache(ctx) == 1, "kill %d: the resumed file (from %llu) differs", k,
+                      (unsigned long long)kept);
+        remove_leftovers();
+    }
+    /* Enough kills landed after some blocks were written for the resume to
+     * have kept something. */
+    ck_assert_msg(midway >= n_kills / 10, "only %d of %d resumes kept blocks", midway, n_kills);
+    (void)already_final;
+    kd_context_destroy(ctx);
+    cache_cleanup();
 }
 END_TEST
 
@@ -227,6 +410,8 @@ Suite *kd_test_suite(void)
     tcase_add_checked_fixture(tc, setup, teardown);
     tcase_add_test(tc, checkpoint_writes_survive_kills);
     tcase_add_test(tc, index_writes_survive_kills);
+    tcase_add_test(tc, cache_writes_survive_kills);
+    tcase_add_test(tc, cache_resume_after_kill);
     suite_add_tcase(s, tc);
     return s;
 }

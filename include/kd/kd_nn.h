@@ -64,6 +64,9 @@
  *
  * Inference (forward in KD_MODE_INFER) uses no stdio and allocates only
  * through the context, so it runs from an arena in firmware builds.
+ * kd_model_infer runs one built model from several threads at once, each
+ * with its own caller-owned workspace, and allocates nothing (see "shared
+ * inference" below).
  */
 #ifndef KD_NN_H
 #define KD_NN_H
@@ -235,6 +238,64 @@ KD_API kd_status kd_model_fold_batchnorm(kd_model *m, size_t *folded);
  * size it as kd_context_arena_usage's used after creation plus this.
  */
 KD_API kd_status kd_model_workspace_size(kd_model *m, kd_mode mode, size_t batch, size_t *bytes);
+
+/* ---- shared inference: one frozen model, many threads ------------------- */
+
+/**
+ * Thread safety of a kd_model: every function taking a non-const kd_model *
+ * (forward, backward, blocks, load, fold, destroy, ...) needs the model to
+ * itself: one thread at a time. kd_model_infer and kd_model_infer_ids are
+ * the exception: they read the model's layers and weights and write only the
+ * caller's y and workspace, so any number of threads may call them on one
+ * model at once, each with its own kd_context and its own workspace, as long
+ * as no thread changes the model meanwhile (no forward, backward, optimizer
+ * step, weight write, load, fold or destroy). The model must be built
+ * (weights exist: it was loaded, run once, or kd_model_blocks was called)
+ * and made only of layers that keep no state in their forward: every
+ * built-in nn layer; an MoE layer records routing statistics and is refused
+ * (KD_E_UNSUPPORTED). Results are bit-identical to kd_model_forward in
+ * KD_MODE_INFER with the same GEMM backend and thread count.
+ *
+ * Neither function allocates: the workspace belongs to the caller (a static
+ * buffer in firmware), so they run in the embedded profile too.
+ */
+
+/**
+ * Bytes of workspace kd_model_infer / kd_model_infer_ids need for batch
+ * samples (activations and scratch, plus KD_ALIGN bytes so the buffer may
+ * have any alignment). A workspace sized for batch serves any smaller batch.
+ * Reads m only. Errors (no reason recorded: m's context is not touched):
+ * KD_E_INVALID (NULL, batch 0), KD_E_STATE (no layers, no weights yet),
+ * KD_E_UNSUPPORTED (a layer that cannot be shared), KD_E_OVERFLOW (batch too
+ * large for this model).
+ */
+KD_API kd_status kd_model_infer_workspace_size(const kd_model *m, size_t batch, size_t *bytes);
+
+/**
+ * Inference forward of a shared model: x holds n_x == batch x input numel
+ * floats (borrowed), y receives n_y == batch x output numel floats (caller's
+ * array, overwritten; it must not overlap x or the workspace). workspace is
+ * workspace_bytes of caller memory (any alignment), used as scratch during
+ * the call only; its content before and after means nothing. ctx is the
+ * calling thread's context: it receives the reason of a failure and chooses
+ * the GEMM backend and threads; it must not be used by another thread during
+ * the call (it may be the model's own context when no other thread uses it).
+ * Errors: KD_E_INVALID (NULL, batch 0, id model, workspace too small),
+ * KD_E_SHAPE (n_x, n_y), KD_E_OVERFLOW (batch too large), KD_E_STATE,
+ * KD_E_UNSUPPORTED (see above). On failure y is unspecified.
+ */
+KD_API kd_status kd_model_infer(const kd_model *m, kd_context *ctx, const float *x, size_t n_x,
+                                size_t batch, float *y, size_t n_y, void *workspace,
+                                size_t workspace_bytes);
+
+/**
+ * kd_model_infer for models whose input is token ids: ids, n_ids and offsets
+ * as in kd_model_forward_ids (borrowed during the call); errors as
+ * kd_model_infer and kd_model_forward_ids.
+ */
+KD_API kd_status kd_model_infer_ids(const kd_model *m, kd_context *ctx, const int32_t *ids,
+                                    size_t n_ids, const int32_t *offsets, size_t batch, float *y,
+                                    size_t n_y, void *workspace, size_t workspace_bytes);
 
 /**
  * Global L2 norm of all gradients (double accumulation) into *norm (may be

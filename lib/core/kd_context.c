@@ -254,6 +254,12 @@ void *kd__alloc(kd_context *ctx, size_t size)
 {
     if (!ctx) return NULL;
     if (size == 0) size = 1;
+    if (size > (size_t)PTRDIFF_MAX) {
+        /* No object may be larger (pointer differences inside it would
+         * overflow); do not hand the allocator an absurd size. */
+        kd__fail(ctx, KD_E_NOMEM, "allocation of %zu bytes exceeds the largest object size", size);
+        return NULL;
+    }
     if (ctx->arena) {
         size_t start = align_up(ctx->arena_used, KD_ALIGN), end;
         if (start < ctx->arena_used || kd__add_overflow(start, size, &end) ||

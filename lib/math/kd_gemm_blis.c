@@ -179,9 +179,9 @@ kd_status kd__blis_select(kd_context *ctx, const char *requested, const char **i
     return KD_OK;
 }
 
-void kd__gemm_blis(int threads, int transa, int transb, size_t m, size_t n, size_t k,
-                   float alpha, const float *a, size_t lda, const float *b, size_t ldb,
-                   float beta, float *c, size_t ldc)
+static void blis_sgemm(int threads, int transa, int transb, size_t m, size_t n, size_t k,
+                       float alpha, const float *a, size_t lda, const float *b, size_t ldb,
+                       float beta, float *c, size_t ldc)
 {
     rntm_t rntm = BLIS_RNTM_INITIALIZER;
     bli_rntm_set_num_threads((dim_t)threads, &rntm);
@@ -190,4 +190,46 @@ void kd__gemm_blis(int threads, int transa, int transb, size_t m, size_t n, size
                  transb ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE, (dim_t)m, (dim_t)n, (dim_t)k,
                  &alpha, (float *)a, (inc_t)lda, 1, (float *)b, (inc_t)ldb, 1, &beta, c,
                  (inc_t)ldc, 1, NULL, &rntm);
+}
+
+/*
+ * BLIS 0.9.0's small-problem ("sup") kernels of the haswell family (the
+ * haswell, zen, zen2 and zen3 sub-configurations) read a row of C with a
+ * 128-bit load where only 2 or 3 of its columns remain, and store back only
+ * those: up to 8 bytes past the end of the row are read, never written
+ * (flame/blis#635, bli_sgemmsup_rv_haswell_asm_6x2m; fixed upstream after
+ * 0.9.0). Inside C that lands in the next row; past the last row it leaves
+ * C: valgrind reports it, and it faults when C ends at an unmapped page
+ * (measured with a guard page behind C: SIGSEGV for n % 4 in {2, 3}, m >= 5,
+ * with beta != 0 or k > KC, haswell and zen3 sub-configurations; never with
+ * skx). So for such n BLIS gets every row but the last, whose over-read then
+ * stays inside C's last row, and the last row goes to libkd's small-M
+ * kernel, which reads exactly (bench/bench_gemm_edge measures the cost).
+ */
+void kd__gemm_blis(int threads, int transa, int transb, size_t m, size_t n, size_t k,
+                   float alpha, const float *a, size_t lda, const float *b, size_t ldb,
+                   float beta, float *c, size_t ldc)
+{
+    if (n % 4 < 2) {
+        blis_sgemm(threads, transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+        return;
+    }
+    if (m > 1)
+        blis_sgemm(threads, transa, transb, m - 1, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    float *c_last = c + (m - 1) * ldc;
+    if (!transa || k == 0) {
+        const float *a_last = transa ? a + (m - 1) : a + (m - 1) * lda;
+        if (!kd__gemm_small(transa, transb, 1, n, k, alpha, a_last, lda, b, ldb, beta, c_last, ldc))
+            kd__gemm_reference(transa, transb, 1, n, k, alpha, a_last, lda, b, ldb, beta, c_last, ldc);
+        return;
+    }
+    /* A transposed: the last row of op(A) is A's last column (stride lda);
+     * gather it in pieces so the small kernel reads it contiguously. */
+    float col[256];
+    for (size_t p0 = 0; p0 < k; p0 += 256) {
+        size_t kc = k - p0 < 256 ? k - p0 : 256;
+        for (size_t p = 0; p < kc; p++) col[p] = a[(p0 + p) * lda + (m - 1)];
+        const float *bp = transb ? b + p0 : b + p0 * ldb;
+        kd__gemm_small(0, transb, 1, n, kc, alpha, col, kc, bp, ldb, p0 ? 1.0f : beta, c_last, ldc);
+    }
 }

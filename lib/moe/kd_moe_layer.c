@@ -138,6 +138,7 @@ static void ml_destroy(kd_layer *l, kd_context *ctx)
 static const kd_layer_vtable moe_vt = {
     KD_LAYER_ABI_VERSION, "moe", ml_tensor_count, ml_tensor_desc, ml_bind, ml_init,
     ml_workspace, ml_forward, ml_backward, ml_spec, ml_destroy, NULL, NULL, NULL,
+    NULL, /* infer_shared: the forward records routing statistics in the layer */
 };
 
 static kd_status moe_parse(kd__spec_parser *p, const kd_shape *in, kd_layer **out)
@@ -256,4 +257,10 @@ KD_API kd_status kd_model_moe_set_top_k(kd_model *m, size_t layer, size_t k)
                         L->k_spec);
     L->core.k = k;
     return KD_OK;
+}
+
+kd__moe_core *kd__moe_layer_core(const kd_model *m, size_t layer)
+{
+    kd_moe_layer *L = moe_layer_of(m, layer);
+    return L ? &L->core : NULL;
 }

@@ -61,6 +61,11 @@
  *   inference_affine(channels, scale, shift): in inference mode this layer
  *     is y = x * scale[c] + shift[c] per channel c (batch norm); returns 0
  *     when channels does not match.
+ *   infer_shared (abi_version >= 2): returns 1 when the layer's forward in
+ *     inference mode reads the layer and its tensors only and writes nothing
+ *     but y, r->saved and r->scratch (a container: when all its children
+ *     do). Then several threads may run inference through one model at
+ *     once (kd_model_infer). NULL: the layer keeps state in its forward.
  */
 #ifndef KD_LAYER_H
 #define KD_LAYER_H
@@ -68,7 +73,7 @@
 #include "kd/kd_nn.h"
 #include "kd_internal.h"
 
-#define KD_LAYER_ABI_VERSION 1u
+#define KD_LAYER_ABI_VERSION 2u
 #define KD_SHAPE_MAX_RANK 4
 /* Largest per-sample element count and any single dimension (2^31). */
 #define KD_NN_MAX_NUMEL ((size_t)1 << 31)
@@ -161,6 +166,8 @@ typedef struct kd_layer_vtable {
     int (*fold_scale_shift)(kd_layer *l, size_t channels, const float *scale, const float *shift);
     void (*enable_bias)(kd_layer *l);
     int (*inference_affine)(const kd_layer *l, size_t channels, float *scale, float *shift);
+    /* abi_version 2 */
+    int (*infer_shared)(const kd_layer *l);
 } kd_layer_vtable;
 
 struct kd_layer {
@@ -172,6 +179,11 @@ struct kd_layer {
 };
 
 /* ---- layer sizes ------------------------------------------------------- */
+
+/* The layer's infer_shared answer (0 when the slot is absent). */
+int kd__layer_infer_shared(const kd_layer *l);
+/* An infer_shared slot for layers that keep no state in inference. */
+int kd__layer_infer_shared_yes(const kd_layer *l);
 
 /* Total parameter / buffer floats of a layer (from tensor_desc). */
 void kd__layer_sizes(const kd_layer *l, size_t *n_param, size_t *n_buf);

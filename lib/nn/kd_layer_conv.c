@@ -294,7 +294,7 @@ static void conv_enable_bias(kd_layer *l)
 static const kd_layer_vtable conv_vt = {
     KD_LAYER_ABI_VERSION, "conv", conv_tensor_count, conv_tensor_desc, NULL, conv_init,
     conv_workspace, conv_forward, conv_backward, conv_spec, NULL,
-    conv_fold, conv_enable_bias, NULL,
+    conv_fold, conv_enable_bias, NULL, kd__layer_infer_shared_yes,
 };
 
 /* Output size of a window op: (n + 2p - k) / s + 1, or 0 when it does not fit. */
@@ -644,6 +644,7 @@ static void pool_spec(const kd_layer *l, kd__sb *sb)
 static const kd_layer_vtable pool_vt = {
     KD_LAYER_ABI_VERSION, "pool", pool_tensor_count, pool_tensor_desc, NULL, NULL,
     pool_workspace, pool_forward, pool_backward, pool_spec, NULL, NULL, NULL, NULL,
+    kd__layer_infer_shared_yes,
 };
 
 static kd_status pool_parse(kd__spec_parser *p, const kd_shape *in, int avg, kd_layer **out)

@@ -125,7 +125,7 @@ static void linear_enable_bias(kd_layer *l)
 static const kd_layer_vtable linear_vt = {
     KD_LAYER_ABI_VERSION, "linear", linear_tensor_count, linear_tensor_desc, NULL, linear_init,
     NULL, linear_forward, linear_backward, linear_spec, NULL,
-    linear_fold, linear_enable_bias, NULL,
+    linear_fold, linear_enable_bias, NULL, kd__layer_infer_shared_yes,
 };
 
 static kd_status linear_parse(kd__spec_parser *p, const kd_shape *in, kd_layer **out)
@@ -267,6 +267,7 @@ static void embed_spec(const kd_layer *l, kd__sb *sb)
 static const kd_layer_vtable embed_vt = {
     KD_LAYER_ABI_VERSION, "embedding", embed_tensor_count, embed_tensor_desc, NULL, embed_init,
     NULL, embed_forward, embed_backward, embed_spec, NULL, NULL, NULL, NULL,
+    kd__layer_infer_shared_yes,
 };
 
 static kd_status embed_parse_common(kd__spec_parser *p, const kd_shape *in, int bag,

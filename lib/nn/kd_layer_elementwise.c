@@ -181,6 +181,7 @@ static void elem_spec(const kd_layer *l, kd__sb *sb)
 static const kd_layer_vtable elem_vt = {
     KD_LAYER_ABI_VERSION, "elementwise", elem_tensor_count, elem_tensor_desc, NULL, NULL,
     elem_workspace, elem_forward, elem_backward, elem_spec, NULL, NULL, NULL, NULL,
+    kd__layer_infer_shared_yes,
 };
 
 static kd_status elem_make(kd_context *ctx, const kd_shape *in, int op, float pr,

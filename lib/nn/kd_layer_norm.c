@@ -248,7 +248,7 @@ static int norm_inference_affine(const kd_layer *l, size_t ch, float *scale, flo
 static const kd_layer_vtable norm_vt = {
     KD_LAYER_ABI_VERSION, "norm", norm_tensor_count, norm_tensor_desc, NULL, norm_init,
     norm_workspace, norm_forward, norm_backward, norm_spec, NULL,
-    NULL, NULL, norm_inference_affine,
+    NULL, NULL, norm_inference_affine, kd__layer_infer_shared_yes,
 };
 
 static kd_status norm_parse(kd__spec_parser *p, const kd_shape *in, int bn, kd_layer **out)

@@ -106,6 +106,15 @@ static void res_spec(const kd_layer *l, kd__sb *sb)
     kd__sb_puts(sb, " }");
 }
 
+/* Shareable when every layer of the body is. */
+static int res_infer_shared(const kd_layer *l)
+{
+    const kd_residual *R = (const kd_residual *)l;
+    for (size_t j = 0; j < R->n; j++)
+        if (!kd__layer_infer_shared(R->body[j])) return 0;
+    return 1;
+}
+
 static void res_destroy(kd_layer *l, kd_context *ctx)
 {
     kd_residual *R = (kd_residual *)l;
@@ -117,6 +126,7 @@ static void res_destroy(kd_layer *l, kd_context *ctx)
 static const kd_layer_vtable res_vt = {
     KD_LAYER_ABI_VERSION, "residual", res_tensor_count, res_tensor_desc, res_bind, res_init,
     res_workspace, res_forward, res_backward, res_spec, res_destroy, NULL, NULL, NULL,
+    res_infer_shared,
 };
 
 static kd_status res_parse(kd__spec_parser *p, const kd_shape *in, kd_layer **out)

@@ -467,7 +467,8 @@ kd_status kd_model_zero_grad(kd_model *m)
 /* ---- plans, forward, backward ------------------------------------------- */
 
 /* Floats needed by a plan for batch (region + scratch), overflow-checked. */
-static kd_status plan_size(kd_model *m, int train, size_t batch, size_t *region, size_t *scratch)
+static kd_status plan_size_ctx(kd_context *ctx, const kd_model *m, int train, size_t batch,
+                               size_t *region, size_t *scratch)
 {
     /* Every per-sample size is <= 2^31 elements; the largest single term is
      * batch * numel, and a layer's saved/scratch is a small multiple of its
@@ -483,9 +484,14 @@ static kd_status plan_size(kd_model *m, int train, size_t batch, size_t *region,
     if (kd__mul_overflow(batch, worst + 64, &bound) ||
         kd__mul_overflow(bound, 64 * (m->n_layers + 4), &bound) ||
         bound > SIZE_MAX / sizeof(float) / 4)
-        return kd__fail(m->ctx, KD_E_OVERFLOW, "batch %zu is too large for this model", batch);
+        return kd__fail(ctx, KD_E_OVERFLOW, "batch %zu is too large for this model", batch);
     *region = kd__seq_region(m->layers, m->n_layers, batch, train, scratch);
     return KD_OK;
+}
+
+static kd_status plan_size(kd_model *m, int train, size_t batch, size_t *region, size_t *scratch)
+{
+    return plan_size_ctx(m->ctx, m, train, batch, region, scratch);
 }
 
 static kd_status ensure_plan(kd_model *m, int train, size_t batch)
@@ -584,6 +590,35 @@ kd_status kd_model_forward(kd_model *m, kd_mode mode, const float *x, size_t n_x
     return run_forward(m, mode, &in, batch, y);
 }
 
+/* Checks ids/offsets against an id model's input (what: the caller's name). */
+static kd_status check_ids_input(kd_context *ctx, const kd_model *m, const char *what,
+                                 const int32_t *ids, size_t n_ids, const int32_t *offsets,
+                                 size_t batch)
+{
+    (void)ids;
+    if (m->in.kind == KD_DATA_IDS) {
+        size_t want;
+        if (offsets)
+            return kd__fail(ctx, KD_E_INVALID, "%s: 'input ids' takes no offsets", what);
+        if (kd__mul_overflow(batch, m->in.d[0], &want))
+            return kd__fail(ctx, KD_E_OVERFLOW, "%s: batch too large", what);
+        if (n_ids != want)
+            return kd__fail(ctx, KD_E_SHAPE, "%s: %zu ids for batch %zu x %zu", what, n_ids, batch,
+                            m->in.d[0]);
+    } else {
+        if (!offsets) return kd__fail(ctx, KD_E_INVALID, "%s: bags need offsets", what);
+        if (batch == SIZE_MAX) return kd__fail(ctx, KD_E_OVERFLOW, "%s: batch too large", what);
+        if (offsets[0] != 0) return kd__fail(ctx, KD_E_INVALID, "%s: offsets[0] must be 0", what);
+        for (size_t b = 0; b < batch; b++)
+            if (offsets[b + 1] < offsets[b])
+                return kd__fail(ctx, KD_E_INVALID, "%s: offsets decrease at %zu", what, b);
+        if ((size_t)offsets[batch] != n_ids)
+            return kd__fail(ctx, KD_E_INVALID, "%s: offsets[batch] = %d but n_ids = %zu", what,
+                            (int)offsets[batch], n_ids);
+    }
+    return KD_OK;
+}
+
 /*
  * ids: 'ids T' -> (batch, T) int32; 'bags' -> CSR (offsets: batch + 1, ids: n_ids).
  */
@@ -598,29 +633,114 @@ kd_status kd_model_forward_ids(kd_model *m, kd_mode mode, const int32_t *ids, si
     if (batch == 0) return kd__fail(ctx, KD_E_INVALID, "kd_model_forward_ids: batch is 0");
     if (m->in.kind == KD_DATA_DENSE)
         return kd__fail(ctx, KD_E_INVALID, "kd_model_forward_ids: this model takes dense floats");
-    if (m->in.kind == KD_DATA_IDS) {
-        size_t want;
-        if (offsets)
-            return kd__fail(ctx, KD_E_INVALID, "kd_model_forward_ids: 'input ids' takes no offsets");
-        if (kd__mul_overflow(batch, m->in.d[0], &want))
-            return kd__fail(ctx, KD_E_OVERFLOW, "kd_model_forward_ids: batch too large");
-        if (n_ids != want)
-            return kd__fail(ctx, KD_E_SHAPE, "kd_model_forward_ids: %zu ids for batch %zu x %zu",
-                            n_ids, batch, m->in.d[0]);
-    } else {
-        if (!offsets) return kd__fail(ctx, KD_E_INVALID, "kd_model_forward_ids: bags need offsets");
-        if (batch == SIZE_MAX) return kd__fail(ctx, KD_E_OVERFLOW, "kd_model_forward_ids: batch too large");
-        if (offsets[0] != 0)
-            return kd__fail(ctx, KD_E_INVALID, "kd_model_forward_ids: offsets[0] must be 0");
-        for (size_t b = 0; b < batch; b++)
-            if (offsets[b + 1] < offsets[b])
-                return kd__fail(ctx, KD_E_INVALID, "kd_model_forward_ids: offsets decrease at %zu", b);
-        if ((size_t)offsets[batch] != n_ids)
-            return kd__fail(ctx, KD_E_INVALID, "kd_model_forward_ids: offsets[batch] = %d but n_ids = %zu",
-                            (int)offsets[batch], n_ids);
-    }
+    kd_status st = check_ids_input(ctx, m, "kd_model_forward_ids", ids, n_ids, offsets, batch);
+    if (st != KD_OK) return st;
     kd_layer_in in = {NULL, ids, offsets, n_ids};
     return run_forward(m, mode, &in, batch, y);
+}
+
+/* ---- shared inference: caller-owned workspace, model read only ---------- */
+
+/* Checks that m can serve kd_model_infer (built, every layer shareable) and
+ * sizes the workspace in floats for batch. */
+static kd_status infer_plan(kd_context *ctx, const kd_model *m, const char *what, size_t batch,
+                            size_t *region, size_t *floats)
+{
+    if (batch == 0) return kd__fail(ctx, KD_E_INVALID, "%s: batch is 0", what);
+    if (m->n_layers == 0) return kd__fail(ctx, KD_E_STATE, "%s: model has no layers", what);
+    if (!m->built)
+        return kd__fail(ctx, KD_E_STATE,
+                        "%s: the model has no weights yet (load them, or call kd_model_blocks once, before sharing it)",
+                        what);
+    for (size_t i = 0; i < m->n_layers; i++)
+        if (!kd__layer_infer_shared(m->layers[i]))
+            return kd__fail(ctx, KD_E_UNSUPPORTED,
+                            "%s: layer %zu (%s) keeps state in its forward; give each thread its own model",
+                            what, i, m->layers[i]->vt->kind);
+    size_t scratch;
+    kd_status st = plan_size_ctx(ctx, m, 0, batch, region, &scratch);
+    if (st != KD_OK) return st;
+    /* plan_size_ctx bounded region and scratch far below SIZE_MAX / 16. */
+    *floats = *region + kd__align_floats(scratch);
+    return KD_OK;
+}
+
+kd_status kd_model_infer_workspace_size(const kd_model *m, size_t batch, size_t *bytes)
+{
+    if (!m) return KD_E_INVALID;
+    if (!bytes) return KD_E_INVALID;
+    size_t region, floats;
+    kd_status st = infer_plan(NULL, m, "kd_model_infer_workspace_size", batch, &region, &floats);
+    if (st != KD_OK) return st;
+    *bytes = floats * sizeof(float) + KD_ALIGN; /* any alignment of the caller's buffer */
+    return KD_OK;
+}
+
+/* Runs the inference forward inside ws and copies the output to y. */
+static kd_status infer_run(kd_context *ctx, const kd_model *m, const char *what,
+                           const kd_layer_in *x, size_t batch, float *y, size_t n_y, void *ws,
+                           size_t ws_bytes)
+{
+    size_t region, floats;
+    kd_status st = infer_plan(ctx, m, what, batch, &region, &floats);
+    if (st != KD_OK) return st;
+    size_t out_n = batch * kd__shape_numel(&m->layers[m->n_layers - 1]->out);
+    if (n_y != out_n)
+        return kd__fail(ctx, KD_E_SHAPE, "%s: y holds %zu floats, batch %zu needs %zu", what, n_y,
+                        batch, out_n);
+    if (!ws) return kd__fail(ctx, KD_E_INVALID, "%s: NULL workspace", what);
+    uintptr_t a = (uintptr_t)ws, aligned = (a + (KD_ALIGN - 1)) & ~(uintptr_t)(KD_ALIGN - 1);
+    size_t pad = (size_t)(aligned - a);
+    if (ws_bytes < pad || (ws_bytes - pad) / sizeof(float) < floats)
+        return kd__fail(ctx, KD_E_INVALID,
+                        "%s: workspace of %zu bytes is too small; batch %zu needs %zu "
+                        "(kd_model_infer_workspace_size)",
+                        what, ws_bytes, batch, floats * sizeof(float) + KD_ALIGN);
+    float *mem = (float *)aligned;
+    /* Inference never draws from the dropout stream; a local one keeps the
+     * model untouched should a layer ever do. */
+    kd_rng rng;
+    kd_rng_seed(&rng, 0, 0);
+    kd_layer_run r = {ctx, batch, 0, NULL, mem + region, &rng};
+    float *out = NULL;
+    st = kd__seq_forward(m->layers, m->n_layers, &r, mem, x, &out);
+    if (st != KD_OK) return st;
+    memcpy(y, out, out_n * sizeof(float));
+    return KD_OK;
+}
+
+kd_status kd_model_infer(const kd_model *m, kd_context *ctx, const float *x, size_t n_x,
+                         size_t batch, float *y, size_t n_y, void *workspace,
+                         size_t workspace_bytes)
+{
+    if (!m || !ctx) return KD_E_INVALID;
+    if (!x || !y) return kd__fail(ctx, KD_E_INVALID, "kd_model_infer: NULL argument");
+    if (m->in.kind != KD_DATA_DENSE)
+        return kd__fail(ctx, KD_E_INVALID, "kd_model_infer: this model takes token ids (use kd_model_infer_ids)");
+    if (batch == 0) return kd__fail(ctx, KD_E_INVALID, "kd_model_infer: batch is 0");
+    size_t want;
+    if (kd__mul_overflow(batch, kd__shape_numel(&m->in), &want))
+        return kd__fail(ctx, KD_E_OVERFLOW, "kd_model_infer: batch %zu is too large", batch);
+    if (n_x != want)
+        return kd__fail(ctx, KD_E_SHAPE, "kd_model_infer: got %zu input floats, batch %zu needs %zu",
+                        n_x, batch, want);
+    kd_layer_in in = {x, NULL, NULL, 0};
+    return infer_run(ctx, m, "kd_model_infer", &in, batch, y, n_y, workspace, workspace_bytes);
+}
+
+kd_status kd_model_infer_ids(const kd_model *m, kd_context *ctx, const int32_t *ids,
+                             size_t n_ids, const int32_t *offsets, size_t batch, float *y,
+                             size_t n_y, void *workspace, size_t workspace_bytes)
+{
+    if (!m || !ctx) return KD_E_INVALID;
+    if (!y || (!ids && n_ids)) return kd__fail(ctx, KD_E_INVALID, "kd_model_infer_ids: NULL argument");
+    if (batch == 0) return kd__fail(ctx, KD_E_INVALID, "kd_model_infer_ids: batch is 0");
+    if (m->in.kind == KD_DATA_DENSE)
+        return kd__fail(ctx, KD_E_INVALID, "kd_model_infer_ids: this model takes dense floats");
+    kd_status st = check_ids_input(ctx, m, "kd_model_infer_ids", ids, n_ids, offsets, batch);
+    if (st != KD_OK) return st;
+    kd_layer_in in = {NULL, ids, offsets, n_ids};
+    return infer_run(ctx, m, "kd_model_infer_ids", &in, batch, y, n_y, workspace, workspace_bytes);
 }
 
 /*

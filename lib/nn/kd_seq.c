@@ -30,6 +30,17 @@ void kd__layer_bind(kd_layer *l, float *param, float *grad, float *buf)
     }
 }
 
+int kd__layer_infer_shared(const kd_layer *l)
+{
+    return l->vt->abi_version >= 2 && l->vt->infer_shared && l->vt->infer_shared(l);
+}
+
+int kd__layer_infer_shared_yes(const kd_layer *l)
+{
+    (void)l;
+    return 1;
+}
+
 void kd__layer_destroy(kd_layer *l, kd_context *ctx)
 {
     if (!l) return;
