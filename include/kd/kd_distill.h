@@ -76,6 +76,14 @@ KD_API kd_status kd_teacher_ensemble(kd_context *ctx, kd_teacher *const *members
                                      const float *weights, kd_ensemble_mode mode,
                                      kd_teacher **out);
 
+/**
+ * 1 when t's outputs for the same inputs change from call to call (a
+ * teacher that trains as it is asked, such as the student-aware MoE router,
+ * or an ensemble with such a member): its outputs must not be cached, and
+ * kd_fit does not cache them. 0 otherwise, and for NULL.
+ */
+KD_API int kd_teacher_stateful(const kd_teacher *t);
+
 /** NULL is a no-op. Members of an ensemble are not destroyed. */
 KD_API void kd_teacher_destroy(kd_teacher *t);
 
@@ -164,6 +172,19 @@ KD_API kd_status kd_student_step(kd_student *s, const float *x, size_t batch,
 
 /** The student's model (borrowed). */
 KD_API kd_model *kd_student_model(const kd_student *s);
+
+/**
+ * Gradient hook: kd_student_step calls it after backward, before clipping
+ * and the optimizer update, with the student's model (its gradient block
+ * holds this step's gradients; the hook may rewrite them), the step's rows
+ * and its weighted total loss. Return 0 to go on; nonzero fails the step with
+ * KD_E_CALLBACK and no update. Data-parallel trainers (libkd_mpi) average
+ * gradients across processes here.
+ */
+typedef int (*kd_grad_hook_fn)(void *user, kd_model *m, size_t batch, double loss);
+
+/** Sets (fn non-NULL) or clears (fn NULL) the student's gradient hook. */
+KD_API kd_status kd_student_set_grad_hook(kd_student *s, kd_grad_hook_fn fn, void *user);
 
 /* ---- datasets, evaluation ------------------------------------------------- */
 

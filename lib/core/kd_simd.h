@@ -44,6 +44,8 @@
 typedef float kd_v16 __attribute__((vector_size(64)));
 typedef int32_t kd_v16i __attribute__((vector_size(64)));
 typedef float kd_v16u __attribute__((vector_size(64), aligned(4), may_alias));
+/* unsigned lanes for bit arithmetic that may wrap (signed lanes may not: UB) */
+typedef uint32_t kd_v16w __attribute__((vector_size(64)));
 
 #if defined(__clang__)
 #define KD_SHUF(v, ...) __builtin_shufflevector(v, v, __VA_ARGS__)
@@ -74,10 +76,8 @@ KD_SIMD_INLINE float kd_hsum(kd_v16 v)
  * (y - 1) & ~y has its sign bit set exactly for y = 0. */
 KD_SIMD_INLINE kd_v16i kd_is_ninf(kd_v16 x)
 {
-    /* unsigned lanes: y - 1 wraps for +inf (y = 0x80000000), which signed
-     * lanes may not (UB; UBSan at -O0) */
-    typedef uint32_t kd_v16w_ __attribute__((vector_size(64)));
-    kd_v16w_ y = (kd_v16w_)x ^ (kd_v16w_)kd_splat(-INFINITY);
+    /* unsigned lanes: y - 1 wraps for +inf (y = 0x80000000) */
+    kd_v16w y = (kd_v16w)x ^ (kd_v16w)kd_splat(-INFINITY);
     return (kd_v16i)((y - 1) & ~y) >> 31;
 }
 

@@ -17,4 +17,14 @@ kd_status kd__check_dataset(kd_context *ctx, const kd_dataset *ds, size_t dim, c
  * same seed visits rows in the same order whatever the teacher kind. */
 void kd__fit_shuffle(size_t *order, size_t n, uint64_t seed, size_t epoch);
 
+/* A teacher implemented by another layer: run fills batch x classes
+ * logits and returns a status (reason set); release(user) runs at destroy
+ * (not when creation fails: the caller still owns user then). stateful: the
+ * teacher's answer for a row changes between calls (kd_teacher_stateful;
+ * kd_fit never caches it). */
+typedef kd_status (*kd__teacher_run_fn)(void *user, const float *x, size_t batch, float *logits);
+kd_status kd__teacher_create_owned(kd_context *ctx, size_t input_dim, size_t classes,
+                                   kd__teacher_run_fn run, void (*release)(void *user),
+                                   void *user, int stateful, kd_teacher **out);
+
 #endif

@@ -96,7 +96,7 @@ kd_status kd_fit(kd_student *s, kd_teacher *teacher, const kd_dataset *ds, const
     float *xa = cfg.augment ? (float *)kd__calloc(ctx, bsz * dim, sizeof *xa) : NULL;
     int32_t *yb = (int32_t *)kd__calloc(ctx, bsz, sizeof *yb);
     float *tb = teacher ? (float *)kd__calloc(ctx, bsz * classes, sizeof *tb) : NULL;
-    int cache = teacher && cfg.cache_teacher && !cfg.augment;
+    int cache = teacher && cfg.cache_teacher && !cfg.augment && !kd_teacher_stateful(teacher);
     float *tcache = cache ? (float *)kd__calloc(ctx, n, classes * sizeof *tcache) : NULL;
     if (!order || !xb || !yb || (cfg.augment && !xa) || (teacher && !tb) || (cache && !tcache)) {
         st = kd_context_last_status(ctx);

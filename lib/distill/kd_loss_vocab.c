@@ -105,8 +105,10 @@ KD_INLINE v16 vexp(v16 x)
     p = p * r + splat(0.5f);
     p = p * r + splat(1.0f);
     p = p * r + splat(1.0f);
-    v16i e = ((v16i)t - (v16i)splat(12582912.0f)) << 23;
-    return sel(ok, (v16)((v16i)p + e));
+    /* Exponent bits in unsigned lanes: the garbage lanes (x < -87, -inf)
+     * wrap, which signed int vectors may not (UB, caught by UBSan at -O0). */
+    kd_v16w e = ((kd_v16w)t - (kd_v16w)splat(12582912.0f)) << 23;
+    return sel(ok, (v16)((kd_v16w)p + e));
 }
 
 /* log(1 + y) for y in [0, 1]: 2 atanh(y / (2 + y)), series to s^13. */

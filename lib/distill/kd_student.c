@@ -25,6 +25,8 @@ struct kd_student {
     size_t input_dim;
     float *dlogits;        /* batch x classes, grown on demand */
     size_t dlogits_len;
+    kd_grad_hook_fn grad_hook; /* after backward, before clipping (libkd_mpi) */
+    void *grad_hook_user;
 };
 
 void kd_student_config_default_sized(kd_student_config *out, size_t size)
@@ -86,6 +88,14 @@ void kd_student_destroy(kd_student *s)
 kd_model *kd_student_model(const kd_student *s) { return s ? s->model : NULL; }
 
 kd_context *kd__student_context(const kd_student *s) { return s ? s->ctx : NULL; }
+
+kd_status kd_student_set_grad_hook(kd_student *s, kd_grad_hook_fn fn, void *user)
+{
+    if (!s) return KD_E_INVALID;
+    s->grad_hook = fn;
+    s->grad_hook_user = fn ? user : NULL;
+    return KD_OK;
+}
 
 kd_status kd_student_add_loss(kd_student *s, kd_loss *loss, float weight, uint32_t flags)
 {
@@ -171,6 +181,8 @@ static kd_status student_step(kd_student *s, const float *x, size_t batch, const
     }
     if ((st = kd_model_zero_grad(s->model)) != KD_OK) return st;
     if ((st = kd_model_backward(s->model, s->dlogits, n_y, NULL, 0)) != KD_OK) return st;
+    if (s->grad_hook && s->grad_hook(s->grad_hook_user, s->model, batch, total) != 0)
+        return kd__fail(ctx, KD_E_CALLBACK, "kd_student_step: the gradient hook failed; no update made");
     float norm = 0.0f;
     /* A huge max_norm measures without clipping; a non-finite norm stops
      * the step before the optimizer can spread it into the weights. */

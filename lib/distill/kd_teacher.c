@@ -5,7 +5,7 @@
 #include "kd_distill_internal.h"
 #include "kd_internal.h"
 
-typedef enum { T_MODEL, T_CALLBACK, T_ENSEMBLE } teacher_kind;
+typedef enum { T_MODEL, T_CALLBACK, T_ENSEMBLE, T_OWNED } teacher_kind;
 
 struct kd_teacher {
     kd_context *ctx;
@@ -21,6 +21,9 @@ struct kd_teacher {
     kd_ensemble_mode mode;
     float *scratch;             /* ensemble: one member's logits, grown on demand */
     size_t scratch_len;
+    kd__teacher_run_fn run;     /* T_OWNED: another layer's teacher (user owned) */
+    void (*release)(void *user);
+    int stateful;
 };
 
 static kd_status teacher_new(kd_context *ctx, teacher_kind kind, size_t in, size_t classes,
@@ -104,6 +107,7 @@ kd_status kd_teacher_ensemble(kd_context *ctx, kd_teacher *const *members, size_
     }
     for (size_t i = 0; i < n; i++) {
         t->members[i] = members[i];
+        t->stateful |= members[i]->stateful; /* one changing member changes the mix */
         t->weights[i] = (float)((weights ? weights[i] : 1.0f) / wsum);
     }
     t->n_members = n;
@@ -112,10 +116,30 @@ kd_status kd_teacher_ensemble(kd_context *ctx, kd_teacher *const *members, size_
     return KD_OK;
 }
 
+kd_status kd__teacher_create_owned(kd_context *ctx, size_t input_dim, size_t classes,
+                                   kd__teacher_run_fn run, void (*release)(void *user),
+                                   void *user, int stateful, kd_teacher **out)
+{
+    kd_status st = teacher_new(ctx, T_OWNED, input_dim, classes, out);
+    if (st == KD_OK) {
+        (*out)->run = run;
+        (*out)->release = release;
+        (*out)->user = user;
+        (*out)->stateful = stateful;
+    }
+    return st;
+}
+
+int kd_teacher_stateful(const kd_teacher *t)
+{
+    return t && t->stateful;
+}
+
 void kd_teacher_destroy(kd_teacher *t)
 {
     if (!t) return;
     kd_context *ctx = t->ctx;
+    if (t->kind == T_OWNED && t->release) t->release(t->user);
     kd__free(ctx, t->scratch);
     kd__free(ctx, t->weights);
     kd__free(ctx, t->members);
@@ -154,6 +178,9 @@ kd_status kd_teacher_logits(kd_teacher *t, const float *x, size_t batch, float *
         memcpy(logits, y, n_y * sizeof *logits);
         break;
     }
+    case T_OWNED:
+        if ((st = t->run(t->user, x, batch, logits)) != KD_OK) return st;
+        break;
     case T_CALLBACK:
         if (t->fn(t->user, x, batch, t->input_dim, logits, t->classes) != 0)
             return kd__fail(ctx, KD_E_CALLBACK, "teacher callback failed");
