@@ -50,12 +50,12 @@
 #include <kd/kd_checkpoint.h>
 #include <kd/kd_data.h>
 
+#include "fashion_mnist.h"
+
 #define CLASSES 10
 #define MAX_LIST 8
 #define MAX_SEEDS 16
 #define MAX_TEACHERS 4
-#define TRAIN_MEAN 0.2860f /* Fashion-MNIST training-set pixel mean and std */
-#define TRAIN_STD 0.3530f
 
 /* ---- options -------------------------------------------------------------- */
 
@@ -150,7 +150,7 @@ static int parse_list(const char *s, char kind, void *out, size_t *n)
 static int parse_options(int argc, char **argv, options *o)
 {
     memset(o, 0, sizeof *o);
-    o->data_dir = "/usr/share/datasets/fashion-mnist";
+    o->data_dir = FM_DEFAULT_DIR;
     o->out_dir = "distill-out";
     o->teacher_spec = "input 784; linear 1200; relu; dropout 0.3; linear 1200; relu; dropout 0.3; linear 10";
     o->student_spec = "input 784; linear 32; relu; linear 10";
@@ -268,111 +268,10 @@ static void mean_std(const double *v, size_t n, double *mean, double *sd)
 
 /* ---- data --------------------------------------------------------------------- */
 
-typedef struct dataset {
-    float *x;        /* n x 784, standardised */
-    int32_t *y;      /* n */
-    size_t n;
-} dataset;
+typedef fm_dataset dataset;
 
-#define INSTALL_HINT "install Debian's dataset-fashion-mnist (sudo apt-get install dataset-fashion-mnist, or scripts/deps demo) or pass --data-dir"
 
 /* Reads a whole gzip file into a malloc'd buffer. */
-static unsigned char *read_gz(const char *path, size_t *size)
-{
-    if (access(path, R_OK) != 0) {
-        fprintf(stderr, "error: cannot read %s: %s\n  %s\n", path, strerror(errno), INSTALL_HINT);
-        return NULL;
-    }
-    gzFile f = gzopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "error: cannot open %s\n  %s\n", path, INSTALL_HINT);
-        return NULL;
-    }
-    size_t cap = 1 << 20, n = 0;
-    unsigned char *buf = malloc(cap);
-    for (;;) {
-        if (!buf) break;
-        if (n == cap) {
-            unsigned char *nb = cap > SIZE_MAX / 2 ? NULL : realloc(buf, cap * 2);
-            if (!nb) { free(buf); buf = NULL; break; }
-            buf = nb;
-            cap *= 2;
-        }
-        size_t want = cap - n > (1u << 30) ? (1u << 30) : cap - n;
-        int got = gzread(f, buf + n, (unsigned)want);
-        if (got < 0) {
-            int zerr;
-            const char *msg = gzerror(f, &zerr);
-            fprintf(stderr, "error: %s is corrupt (gzip: %s)\n  reinstall dataset-fashion-mnist or check --data-dir\n",
-                    path, msg);
-            free(buf);
-            gzclose(f);
-            return NULL;
-        }
-        if (got == 0) break;
-        n += (size_t)got;
-    }
-    gzclose(f);
-    if (!buf) {
-        fprintf(stderr, "error: out of memory reading %s\n", path);
-        return NULL;
-    }
-    *size = n;
-    return buf;
-}
-
-/* Loads images + labels of one split ("train" or "t10k"); limit 0 = all. */
-static int load_split(kd_context *ctx, const char *dir, const char *split, size_t limit, dataset *out)
-{
-    char ipath[4096], lpath[4096];
-    snprintf(ipath, sizeof ipath, "%s/%s-images-idx3-ubyte.gz", dir, split);
-    snprintf(lpath, sizeof lpath, "%s/%s-labels-idx1-ubyte.gz", dir, split);
-    size_t isz = 0, lsz = 0;
-    unsigned char *ib = read_gz(ipath, &isz);
-    if (!ib) return -1;
-    unsigned char *lb = read_gz(lpath, &lsz);
-    if (!lb) { free(ib); return -1; }
-    int rc = -1;
-    kd_idx_view iv = {.struct_size = sizeof iv}, lv = {.struct_size = sizeof lv};
-    kd_status st = kd_idx_parse(ctx, ib, isz, &iv);
-    if (st != KD_OK) {
-        fprintf(stderr, "error: %s is corrupt: %s\n  reinstall dataset-fashion-mnist\n", ipath, kd_context_last_error(ctx));
-        goto done;
-    }
-    if ((st = kd_idx_parse(ctx, lb, lsz, &lv)) != KD_OK) {
-        fprintf(stderr, "error: %s is corrupt: %s\n  reinstall dataset-fashion-mnist\n", lpath, kd_context_last_error(ctx));
-        goto done;
-    }
-    if (iv.type != KD_IDX_U8 || iv.rank != 3 || iv.dims[1] != 28 || iv.dims[2] != 28 || iv.dims[0] == 0) {
-        fprintf(stderr, "error: %s: expected unsigned-byte images N x 28 x 28\n", ipath);
-        goto done;
-    }
-    if (lv.rank != 1 || lv.dims[0] != iv.dims[0]) {
-        fprintf(stderr, "error: %s: expected %u labels to match %s\n", lpath, iv.dims[0], ipath);
-        goto done;
-    }
-    size_t n = iv.dims[0];
-    if (limit && limit < n) n = limit;
-    out->n = n;
-    out->x = malloc(n * 784 * sizeof *out->x);
-    out->y = malloc(n * sizeof *out->y);
-    if (!out->x || !out->y) { fprintf(stderr, "error: out of memory\n"); goto done; }
-    if (check(ctx, kd_idx_to_float(ctx, &iv, 0, n, 1.0f / (255.0f * TRAIN_STD), -TRAIN_MEAN / TRAIN_STD, out->x), ipath) ||
-        check(ctx, kd_idx_to_labels(ctx, &lv, 0, n, out->y), lpath))
-        goto done;
-    for (size_t i = 0; i < n; i++)
-        if (out->y[i] < 0 || out->y[i] >= CLASSES) {
-            fprintf(stderr, "error: %s: label %d at item %zu is not a class 0..9\n", lpath, (int)out->y[i], i);
-            goto done;
-        }
-    rc = 0;
-done:
-    free(ib);
-    free(lb);
-    if (rc) { free(out->x); free(out->y); memset(out, 0, sizeof *out); }
-    return rc;
-}
-
 /* ---- progress bar ----------------------------------------------------------- */
 
 typedef struct progress_state {
@@ -440,7 +339,7 @@ static int on_progress(void *user, const kd_progress *p)
 static int shift_augment(void *user, const float *x, float *out, size_t batch, size_t dim, kd_rng *rng)
 {
     (void)user;
-    const float bg = -TRAIN_MEAN / TRAIN_STD; /* a black pixel after standardisation */
+    const float bg = -FM_TRAIN_MEAN / FM_TRAIN_STD; /* a black pixel after standardisation */
     for (size_t b = 0; b < batch; b++) {
         int dx = (int)kd_rng_below(rng, 5) - 2, dy = (int)kd_rng_below(rng, 5) - 2;
         const float *src = x + b * dim;
@@ -907,7 +806,7 @@ int main(int argc, char **argv)
     kd_model *keep = NULL;
     run_result *results = NULL;
 
-    if (load_split(ctx, o.data_dir, "train", o.max_train, &train) || load_split(ctx, o.data_dir, "t10k", o.max_test, &test))
+    if (fm_load(ctx, o.data_dir, "train", o.max_train, &train) || fm_load(ctx, o.data_dir, "t10k", o.max_test, &test))
         goto out;
     if (make_dirs(o.out_dir) != 0) { fprintf(stderr, "error: cannot create %s: %s\n", o.out_dir, strerror(errno)); goto out; }
 

@@ -29,7 +29,7 @@
 #include <string.h>
 
 #include <kd/kd.h>
-#include <zlib.h>
+#include "fashion_mnist.h"
 
 #define D 64
 #define E 8
@@ -38,11 +38,7 @@
 #define BATCH 128
 #define CLASSES 10
 
-typedef struct {
-    float *x;
-    int32_t *y;
-    size_t n;
-} dataset;
+typedef fm_dataset dataset;
 
 static int fail(kd_context *ctx, const char *what)
 {
@@ -53,74 +49,6 @@ static int fail(kd_context *ctx, const char *what)
     do {                                                                                       \
         if ((call) != KD_OK) return fail(ctx, what);                                           \
     } while (0)
-
-static unsigned char *read_gz(const char *path, size_t *size)
-{
-    gzFile f = gzopen(path, "rb");
-    if (!f) {
-        fprintf(stderr, "error: cannot open %s (install dataset-fashion-mnist or pass --data-dir)\n",
-                path);
-        return NULL;
-    }
-    size_t cap = 1 << 20, n = 0;
-    unsigned char *buf = malloc(cap);
-    while (buf) {
-        if (n == cap) {
-            unsigned char *nb = realloc(buf, cap * 2);
-            if (!nb) {
-                free(buf);
-                buf = NULL;
-                break;
-            }
-            buf = nb;
-            cap *= 2;
-        }
-        int got = gzread(f, buf + n, (unsigned)(cap - n));
-        if (got < 0) {
-            fprintf(stderr, "error: %s: gzip error\n", path);
-            free(buf);
-            buf = NULL;
-            break;
-        }
-        if (got == 0) break;
-        n += (size_t)got;
-    }
-    gzclose(f);
-    *size = n;
-    return buf;
-}
-
-static int load(kd_context *ctx, const char *dir, const char *split, size_t limit, dataset *d)
-{
-    char ip[4096], lp[4096];
-    snprintf(ip, sizeof ip, "%s/%s-images-idx3-ubyte.gz", dir, split);
-    snprintf(lp, sizeof lp, "%s/%s-labels-idx1-ubyte.gz", dir, split);
-    size_t isz, lsz;
-    unsigned char *ib = read_gz(ip, &isz), *lb = ib ? read_gz(lp, &lsz) : NULL;
-    int rc = 1;
-    kd_idx_view iv = {.struct_size = sizeof iv}, lv = {.struct_size = sizeof lv};
-    if (!lb) goto out;
-    if (kd_idx_parse(ctx, ib, isz, &iv) != KD_OK || kd_idx_parse(ctx, lb, lsz, &lv) != KD_OK ||
-        iv.rank != 3 || iv.item_size != 784 || lv.dims[0] != iv.dims[0]) {
-        fprintf(stderr, "error: %s / %s malformed: %s\n", ip, lp, kd_context_last_error(ctx));
-        goto out;
-    }
-    d->n = limit && limit < iv.dims[0] ? limit : iv.dims[0];
-    d->x = malloc(d->n * 784 * sizeof(float));
-    d->y = malloc(d->n * sizeof(int32_t));
-    if (!d->x || !d->y) goto out;
-    /* mean 0.2860, std 0.3530 of the training pixels */
-    if (kd_idx_to_float(ctx, &iv, 0, d->n, 1.0f / (255.0f * 0.3530f), -0.2860f / 0.3530f, d->x) != KD_OK ||
-        kd_idx_to_labels(ctx, &lv, 0, d->n, d->y) != KD_OK) {
-        fprintf(stderr, "error: %s: %s\n", ip, kd_context_last_error(ctx));
-        goto out;
-    }
-    rc = 0;
-out:
-    free(ib);
-    free(lb);
-    return rc;
-}
 
 typedef struct {
     kd_context *ctx;
@@ -175,7 +103,7 @@ static double accuracy(net *N, const dataset *d, size_t ka, double *load, float 
 
 int main(int argc, char **argv)
 {
-    const char *dir = "/usr/share/datasets/fashion-mnist";
+    const char *dir = FM_DEFAULT_DIR;
     int epochs = 3;
     size_t limit = 0;
     for (int i = 1; i < argc; i++) {
@@ -193,7 +121,7 @@ int main(int argc, char **argv)
     kd_context *ctx;
     if (kd_context_create(&cc, &ctx) != KD_OK) return 1;
     dataset tr = {0}, te = {0};
-    if (load(ctx, dir, "train", limit, &tr) || load(ctx, dir, "t10k", limit ? limit / 6 + 1 : 0, &te))
+    if (fm_load(ctx, dir, "train", limit, &tr) || fm_load(ctx, dir, "t10k", limit ? limit / 6 + 1 : 0, &te))
         return 1;
 
     net N;
