@@ -125,6 +125,38 @@ START_TEST(fused_equals_reference)
 }
 END_TEST
 
+/* The log-sum-exp pass finds each block's maximum on the float bit
+ * patterns: rows entirely negative, around +-0, masked but for one entry,
+ * and with partial vectors must all give the double reference. */
+START_TEST(lse_on_bit_patterns)
+{
+    const size_t sizes[] = {1, 5, 16, 17, 1023, 1024, 1025, 3000};
+    float *x = malloc(3000 * sizeof *x);
+    for (size_t a = 0; a < 8; a++)
+        for (int shape = 0; shape < 6; shape++) {
+            size_t n = sizes[a];
+            kd_test_fill(x, n, -6, 6, 40 + a);
+            for (size_t j = 0; j < n; j++) {
+                if (shape == 0) x[j] -= 100.0f;                   /* all negative */
+                if (shape == 1) x[j] = j % 2 ? -0.0f : -1e-3f * (float)j; /* -0 is the largest */
+                if (shape == 2) x[j] = j == n / 2 ? -7.0f : -INFINITY; /* one entry left */
+                if (shape == 3) x[j] += 50.0f;                    /* all positive */
+                if (shape == 4) x[j] *= 40.0f;            /* a spread of 480: a wrong max overflows */
+                if (shape == 5) x[j] = 40.0f * x[j] - 1000.0f; /* the same, all negative */
+            }
+            double m = -INFINITY, s = 0;
+            for (size_t j = 0; j < n; j++) m = fmax(m, x[j]);
+            for (size_t j = 0; j < n; j++) s += exp(x[j] - m);
+            double want = m + log(s), got = kd__vocab_lse(x, n);
+            ck_assert_msg(fabs(got - want) <= 1e-6 * fmax(1.0, fabs(want)), "n %zu shape %d: %.9g vs %.9g",
+                          n, shape, got, want);
+        }
+    for (size_t j = 0; j < 40; j++) x[j] = -INFINITY;
+    ck_assert(kd__vocab_lse(x, 40) == -INFINITY);
+    free(x);
+}
+END_TEST
+
 /* kd_loss_compute over a batch, dense or sparse; returns value, fills g. */
 static kd_status loss_run(const kd_loss_vtable *vt, const void *cfg, size_t rows, size_t c,
                           const float *s, const float *t, const kd_sparse_logits *sp, float *g,
@@ -403,6 +435,7 @@ Suite *kd_test_suite(void)
     TCase *tc = tcase_create("vocab");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, fused_equals_reference);
+    tcase_add_test(tc, lse_on_bit_patterns);
     tcase_add_test(tc, sparse_equals_dense_at_k_v);
     tcase_add_test(tc, topk_tail_finite_differences);
     tcase_add_test(tc, sampled_estimator_unbiased);

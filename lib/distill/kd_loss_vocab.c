@@ -136,20 +136,59 @@ KD_INLINE v16 vlogaddexp(v16 a, v16 b)
 
 /* ---- pass 1: log-sum-exp of s * it (and t * it) ---------------------------- */
 
+/* The largest of x[0..m) (-inf when there is none), on the bit patterns:
+ * as signed integers they order the floats >= +0, and as unsigned integers
+ * the negative floats by magnitude, so the largest float is the largest
+ * signed pattern when that is >= 0, else the smallest unsigned one. Two
+ * integer reductions with independent chains, no float compare (a float
+ * maximum through kd_vmax costs two order keys per element). NaN excluded. */
+KD_INLINE float block_max(const float *x, size_t m)
+{
+    v16i smax = (v16i)splat(-0.0f); /* INT32_MIN */
+    kd_v16w umin = (kd_v16w)((v16i)splat(0) - 1);
+    size_t j = 0;
+    for (; j + 16 <= m; j += 16) {
+        v16i b = (v16i)ld(x + j);
+        v16i gt = b > smax;
+        smax = (gt & b) | (~gt & smax);
+        kd_v16w u = (kd_v16w)b;
+        v16i lt = (v16i)(u < umin);
+        umin = (kd_v16w)((lt & (v16i)u) | (~lt & (v16i)umin));
+    }
+    int32_t s[16];
+    uint32_t u[16];
+    memcpy(s, &smax, sizeof s);
+    memcpy(u, &umin, sizeof u);
+    int32_t S = INT32_MIN;
+    uint32_t U = UINT32_MAX;
+    for (int i = 0; i < 16; i++) {
+        S = s[i] > S ? s[i] : S;
+        U = u[i] < U ? u[i] : U;
+    }
+    for (; j < m; j++) {
+        int32_t b;
+        memcpy(&b, x + j, sizeof b);
+        S = b > S ? b : S;
+        U = (uint32_t)b < U ? (uint32_t)b : U;
+    }
+    float r;
+    if (S >= 0) memcpy(&r, &S, sizeof r);
+    else if (U == UINT32_MAX) r = -INFINITY; /* m == 0 */
+    else memcpy(&r, &U, sizeof r);
+    return r;
+}
+
 KD_INLINE void lse_block(const float *x, size_t m, float it, float *run_max, double *run_sum)
 {
-    v16 vm = splat(-INFINITY);
-    size_t j = 0;
-    for (; j + 16 <= m; j += 16) vm = vmax(vm, ld(x + j));
-    if (j < m) vm = vmax(vm, ldp(x + j, m - j, -INFINITY));
-    float bm = hmax(vm) * it;
+    float bm = block_max(x, m) * it;
     if (bm == -INFINITY) return;
     if (bm > *run_max) {
         *run_sum *= exp((double)*run_max - (double)bm);
         *run_max = bm;
     }
     v16 acc = splat(0), vit = splat(it), mx = splat(*run_max);
-    for (j = 0; j + 16 <= m; j += 16) acc += vexp(ld(x + j) * vit - mx);
+    size_t j = 0;
+    for (; j + 16 <= m; j += 16) acc += vexp(ld(x + j) * vit - mx);
     if (j < m) acc += vexp(ldp(x + j, m - j, -INFINITY) * vit - mx);
     *run_sum += hsum(acc);
 }
