@@ -512,12 +512,39 @@ START_TEST(teacher_allocation_failures)
 }
 END_TEST
 
+/* kd_fit's row order is public: a permutation, the same for the same seed
+ * and epoch, another for another epoch; NULL is refused. */
+START_TEST(fit_shuffle_is_a_seeded_permutation)
+{
+    enum { NS = 257 };
+    size_t a[NS], b[NS], seen[NS];
+    for (size_t i = 0; i < NS; i++) a[i] = b[i] = i;
+    ck_assert_int_eq(kd_fit_shuffle(a, NS, 9, 0), KD_OK);
+    ck_assert_int_eq(kd_fit_shuffle(b, NS, 9, 0), KD_OK);
+    ck_assert_mem_eq(a, b, sizeof a);
+    memset(seen, 0, sizeof seen);
+    size_t moved = 0;
+    for (size_t i = 0; i < NS; i++) {
+        ck_assert_uint_lt(a[i], NS);
+        seen[a[i]]++;
+        moved += a[i] != i;
+    }
+    for (size_t i = 0; i < NS; i++) ck_assert_uint_eq(seen[i], 1);
+    ck_assert_uint_gt(moved, NS / 2);
+    ck_assert_int_eq(kd_fit_shuffle(b, NS, 9, 1), KD_OK); /* epoch 1 from epoch 0's order */
+    ck_assert_int_ne(memcmp(a, b, sizeof a), 0);
+    ck_assert_int_eq(kd_fit_shuffle(NULL, 3, 9, 0), KD_E_INVALID);
+    ck_assert_int_eq(kd_fit_shuffle(NULL, 0, 9, 0), KD_OK);
+}
+END_TEST
+
 Suite *kd_test_suite(void)
 {
     Suite *s = suite_create("distill");
     TCase *tc = tcase_create("distill");
     tcase_set_timeout(tc, 60);
     tcase_add_test(tc, teacher_kinds_agree);
+    tcase_add_test(tc, fit_shuffle_is_a_seeded_permutation);
     tcase_add_test(tc, ensemble_probs_mixture);
     tcase_add_test(tc, students_learn_from_every_teacher_kind);
     tcase_add_test(tc, training_is_deterministic);

@@ -290,6 +290,15 @@ KD_API kd_status kd_fit(kd_student *s, kd_teacher *teacher, const kd_dataset *ds
                         const kd_fit_config *cfg);
 
 /**
+ * kd_fit's row order: shuffles order[0..n) in place (Fisher-Yates) with a
+ * generator seeded from seed and epoch. kd_fit starts from 0..n-1 and
+ * applies this once per epoch, in epoch order, to the previous epoch's
+ * order; call it the same way to visit the rows kd_fit visits (kd_mpi_fit
+ * does). KD_E_INVALID when order is NULL and n > 0.
+ */
+KD_API kd_status kd_fit_shuffle(size_t *order, size_t n, uint64_t seed, size_t epoch);
+
+/**
  * Builds the student of stage k of a chain: called with stage (0-based) and
  * the model to train at that stage; must create the optimizer, losses and
  * student in *out. kd_fit_chain destroys the student (not the model) after

@@ -417,7 +417,7 @@ kd_status kd_fit_cached(kd_student *s, const kd_logit_cache *cache, const kd_dat
     for (size_t i = 0; i < n; i++) order[i] = i;
     const size_t steps = cfg.drop_last ? n / bsz : (n + bsz - 1) / bsz;
     for (size_t epoch = 0; epoch < cfg.epochs; epoch++) {
-        kd__fit_shuffle(order, n, cfg.seed, epoch); /* the same order as kd_fit */
+        kd_fit_shuffle(order, n, cfg.seed, epoch); /* the same order as kd_fit */
         double running = 0.0;
         for (size_t step = 0; step < steps; step++) {
             size_t first = step * bsz, b = n - first < bsz ? n - first : bsz;

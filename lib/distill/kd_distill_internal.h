@@ -12,10 +12,6 @@ size_t kd__model_input_numel(kd_model *m);
 /* Checks a dataset view against a model taking dim floats per row; fn names
  * the caller in the reason. */
 kd_status kd__check_dataset(kd_context *ctx, const kd_dataset *ds, size_t dim, const char *fn);
-/* The row order of `epoch`: order[0..n) shuffled (Fisher-Yates) by a
- * generator seeded from seed and epoch. Every trainer draws it here, so the
- * same seed visits rows in the same order whatever the teacher kind. */
-void kd__fit_shuffle(size_t *order, size_t n, uint64_t seed, size_t epoch);
 
 /* A teacher implemented by another layer: run fills batch x classes
  * logits and returns a status (reason set); release(user) runs at destroy

@@ -62,8 +62,11 @@ static size_t model_classes(kd_model *m)
     return numel;
 }
 
-void kd__fit_shuffle(size_t *order, size_t n, uint64_t seed, size_t epoch)
+/* Every trainer (kd_fit, kd_fit_cached, kd_mpi_fit) draws its row order
+ * here, so the same seed visits rows in the same order whatever the teacher. */
+kd_status kd_fit_shuffle(size_t *order, size_t n, uint64_t seed, size_t epoch)
 {
+    if (!order && n > 0) return KD_E_INVALID;
     kd_rng rng;
     kd_rng_seed(&rng, seed, 0x6669740000ull + epoch);
     for (size_t i = n > 0 ? n - 1 : 0; i > 0; i--) {
@@ -72,6 +75,7 @@ void kd__fit_shuffle(size_t *order, size_t n, uint64_t seed, size_t epoch)
         order[i] = order[j];
         order[j] = t;
     }
+    return KD_OK;
 }
 
 kd_status kd_fit(kd_student *s, kd_teacher *teacher, const kd_dataset *ds, const kd_fit_config *cfg_in)
@@ -113,7 +117,7 @@ kd_status kd_fit(kd_student *s, kd_teacher *teacher, const kd_dataset *ds, const
     const size_t steps = cfg.drop_last ? n / bsz : (n + bsz - 1) / bsz;
     const double t0 = now_seconds();
     for (size_t epoch = 0; epoch < cfg.epochs; epoch++) {
-        kd__fit_shuffle(order, n, cfg.seed, epoch);
+        kd_fit_shuffle(order, n, cfg.seed, epoch);
         /* augmentation draws from its own stream of the same seed */
         kd_rng rng;
         kd_rng_seed(&rng, cfg.seed, 0x6175670000ull + epoch);

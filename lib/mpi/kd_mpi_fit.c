@@ -115,19 +115,6 @@ static int dp_hook(void *user, kd_model *m, size_t batch, double loss)
     return st == KD_OK ? 0 : 1;
 }
 
-/* kd_fit's row order (kd__fit_shuffle): the same generator and stream. */
-static void shuffle(size_t *order, size_t n, uint64_t seed, size_t epoch)
-{
-    kd_rng rng;
-    kd_rng_seed(&rng, seed, 0x6669740000ull + epoch);
-    for (size_t i = n > 0 ? n - 1 : 0; i > 0; i--) {
-        size_t j = (size_t)kd_rng_below(&rng, (uint32_t)(i + 1 > 0xffffffffu ? 0xffffffffu : i + 1));
-        size_t t = order[i];
-        order[i] = order[j];
-        order[j] = t;
-    }
-}
-
 static double now_seconds(void)
 {
     struct timespec ts;
@@ -281,7 +268,7 @@ kd_status kd_mpi_fit(kd_mpi_comm *comm, kd_student *s, kd_teacher *teacher, cons
     int rounds_over = 0;      /* no more header rounds for this rank */
     int pending = 0;          /* failed after its step's header round: owes one failing round */
     for (size_t epoch = 0; epoch < cfg.epochs && local == KD_OK && !rounds_over; epoch++) {
-        shuffle(order, n, cfg.seed, epoch);
+        kd_fit_shuffle(order, n, cfg.seed, epoch); /* kd_fit's row order */
         kd_rng rng;
         kd_rng_seed(&rng, cfg.seed, 0x6175670000ull + epoch);
         double running = 0.0;
