@@ -214,6 +214,33 @@ typedef struct tf_pair {
     uint32_t n;
 } tf_pair;
 
+/* The model-vocabulary tokens of n documents (pick[i], or d0 + i when pick
+ * is NULL) as bags for kd_model_forward_ids: offsets bag_off[0..n], tokens
+ * in *bag, grown as needed. Returns the token count, or SIZE_MAX when out of
+ * memory. */
+static size_t make_bags(const dc_corpus *c, const int32_t *to_m, const uint32_t *pick, size_t d0,
+                        size_t n, int32_t **bag, size_t *cap, int32_t *bag_off)
+{
+    size_t nb = 0;
+    bag_off[0] = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t d = pick ? pick[i] : d0 + i;
+        for (size_t j = c->doc_off[d]; j < c->doc_off[d + 1]; j++) {
+            int32_t mid = to_m[c->doc_tok.v[j]];
+            if (mid < 0) continue;
+            if (nb == *cap) {
+                int32_t *grown = (int32_t *)realloc(*bag, 2 * *cap * sizeof **bag);
+                if (!grown) return SIZE_MAX;
+                *bag = grown;
+                *cap *= 2;
+            }
+            (*bag)[nb++] = mid;
+        }
+        bag_off[i + 1] = (int32_t)nb;
+    }
+    return nb;
+}
+
 static int cmp_df_desc(const void *a, const void *b)
 {
     const tf_pair *x = (const tf_pair *)a, *y = (const tf_pair *)b;
@@ -369,21 +396,8 @@ int main(int argc, char **argv)
             train[j] = x;
             pick[i] = train[i];
         }
-        size_t nb = 0;
-        bag_off[0] = 0;
-        for (size_t i = 0; i < B; i++) {
-            size_t d = pick[i];
-            for (size_t j = c.doc_off[d]; j < c.doc_off[d + 1]; j++) {
-                int32_t mid = to_m[c.doc_tok.v[j]];
-                if (mid < 0) continue;
-                if (nb == bag_cap) {
-                    bag_cap *= 2;
-                    bag = (int32_t *)realloc(bag, bag_cap * sizeof *bag);
-                }
-                bag[nb++] = mid;
-            }
-            bag_off[i + 1] = (int32_t)nb;
-        }
+        size_t nb = make_bags(&c, to_m, pick, 0, B, &bag, &bag_cap, bag_off);
+        if (nb == SIZE_MAX) { fprintf(stderr, "error: out of memory\n"); return 1; }
         const float *z = NULL;
         CHECK(kd_model_forward_ids(m, KD_MODE_TRAIN, bag, nb, bag_off, B, &z));
         for (size_t i = 0; i < B; i++)
@@ -474,21 +488,8 @@ int main(int argc, char **argv)
     uint64_t nnz_total = 0;
     for (size_t d0 = 0; d0 < N; d0 += B) {
         size_t nbat = N - d0 < B ? N - d0 : B;
-        size_t nb = 0;
-        bag_off[0] = 0;
-        for (size_t i = 0; i < nbat; i++) {
-            size_t d = d0 + i;
-            for (size_t j = c.doc_off[d]; j < c.doc_off[d + 1]; j++) {
-                int32_t mid = to_m[c.doc_tok.v[j]];
-                if (mid < 0) continue;
-                if (nb == bag_cap) {
-                    bag_cap *= 2;
-                    bag = (int32_t *)realloc(bag, bag_cap * sizeof *bag);
-                }
-                bag[nb++] = mid;
-            }
-            bag_off[i + 1] = (int32_t)nb;
-        }
+        size_t nb = make_bags(&c, to_m, NULL, d0, nbat, &bag, &bag_cap, bag_off);
+        if (nb == SIZE_MAX) { fprintf(stderr, "error: out of memory\n"); return 1; }
         const float *z = NULL;
         CHECK(kd_model_forward_ids(m, KD_MODE_INFER, bag, nb, bag_off, nbat, &z));
         for (size_t i = 0; i < nbat; i++)
