@@ -123,7 +123,9 @@ static kd_status fused_sweep(kd_loss *loss, const kd__div *d, const kd_loss_batc
             st = kd__vocab_sparse_row(d, srow, c, sp, i, coef, g, &v, &why);
             if (st) return kd__fail(loss->ctx, st, "%s: row %zu: %s", kd_loss_name(loss), i, why);
         } else {
-            kd__vocab_dense_row(d, srow, b->teacher_logits + i * ld, c, coef, g, &v);
+            kd__div dm = *d;
+            dm.nomask = !loss->masked; /* set by this batch's validation */
+            kd__vocab_dense_row(&dm, srow, b->teacher_logits + i * ld, c, coef, g, &v);
         }
         acc += kd__row_w(b, i) * factor * T * T * v;
     }
@@ -258,7 +260,7 @@ static kd_status hinton_compute(kd_loss *loss, void *state, const kd_loss_batch 
     for (int pass = 0; pass < 2; pass++) {
         if (pass == 1 && !(grad && grad->student_logits && norm > 0)) break;
         if (pass == 1 && fused) { /* every failure is known by now */
-            kd__div d = {KD__DIV_FKL, inv_t, 0};
+            kd__div d = {KD__DIV_FKL, inv_t, 0, 0};
             kd_status st = fused_sweep(loss, &d, b, norm, alpha, grad, &total);
             if (st) return st;
             if (!hard) break;
@@ -279,7 +281,7 @@ static kd_status hinton_compute(kd_loss *loss, void *state, const kd_loss_batch 
             if (!pass) total += kd__row_w(b, i) * (alpha * T * T * kl + (1.0 - alpha) * ce);
         }
         if (pass == 0 && fused && !(grad && grad->student_logits && norm > 0)) {
-            kd__div d = {KD__DIV_FKL, inv_t, 0};
+            kd__div d = {KD__DIV_FKL, inv_t, 0, 0};
             kd_status st = fused_sweep(loss, &d, b, norm, alpha, NULL, &total);
             if (st) return st;
         }
@@ -415,7 +417,7 @@ static kd_status div_compute(kd_loss *loss, void *state, const kd_loss_batch *b,
     const double T = d->cfg.temperature, inv_t = 1.0 / T;
     double norm = kd__reduce_norm(b, d->cfg.reduction, NULL), total = 0;
     if ((d->kind == DIV_RKL || d->kind == DIV_JSD) && use_fused(b, c)) {
-        kd__div fd = {d->kind == DIV_RKL ? KD__DIV_RKL : KD__DIV_JSD, inv_t, d->c};
+        kd__div fd = {d->kind == DIV_RKL ? KD__DIV_RKL : KD__DIV_JSD, inv_t, d->c, 0};
         kd_status st = fused_sweep(loss, &fd, b, norm, 1.0, grad, &total);
         if (st) return st;
         *value = total * norm;
@@ -568,7 +570,7 @@ static kd_status taid_compute(kd_loss *loss, void *state, const kd_loss_batch *b
                         "logits to mix outside its k ids); use KD_TAID_MIX_PROBS");
     const int fusedp = use_fused(b, c);
     if (fusedp) {
-        kd__div fd = {mix_logits ? KD__DIV_TAIDL : KD__DIV_TAID, inv_t, s->t};
+        kd__div fd = {mix_logits ? KD__DIV_TAIDL : KD__DIV_TAID, inv_t, s->t, 0};
         kd_status st = fused_sweep(loss, &fd, b, norm, 1.0, grad, &total);
         if (st) return st;
     }

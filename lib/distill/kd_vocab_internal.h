@@ -23,6 +23,8 @@ typedef struct kd__div {
     int kind;
     double inv_t;     /* 1 / T */
     double w;         /* JSD: beta in (0,1); TAID: t in [0,1]; else unused */
+    int nomask;       /* the caller guarantees no -inf in the rows (kd__vocab_dense_row
+                         may then skip the exact zeros of masked classes); 0 is always safe */
 } kd__div;
 
 /* Rows shorter than this go through the exact double-precision reference
