@@ -121,19 +121,6 @@ KD_INLINE v16 vexp(v16 x)
     return sel(ok, vexp_core(x));
 }
 
-/* exp(max(x, -87)) for x <= 88: about 1.6e-38 instead of 0 at or below
- * -87 and for -inf. For sums that include an entry of at least 1 (the
- * log-sum-exp's maximum), and for rows without -inf. The clamp is an
- * unsigned minimum of the bit patterns: they order the floats >= +0 below
- * every negative one, and the negative ones by magnitude (-inf and the
- * negative NaNs above -87). */
-KD_INLINE v16 vexp_lo(v16 x)
-{
-    kd_v16w b = (kd_v16w)x, lim = (kd_v16w)splat(-87.0f);
-    v16i lt = (v16i)(b < lim);
-    return vexp_core((v16)((lt & (v16i)b) | (~lt & (v16i)lim)));
-}
-
 /* log(1 + y) for y in [0, 1]: 2 atanh(y / (2 + y)), series to s^13. */
 KD_INLINE v16 vlog1p01(v16 y)
 {
@@ -159,45 +146,46 @@ KD_INLINE v16 vlogaddexp(v16 a, v16 b)
 
 /* ---- pass 1: log-sum-exp of s * it (and t * it) ---------------------------- */
 
-/* The largest of x[0..m) (-inf when there is none), on the bit patterns:
- * as signed integers they order the floats >= +0, and as unsigned integers
- * the negative floats by magnitude, so the largest float is the largest
- * signed pattern when that is >= 0, else the smallest unsigned one. Two
- * integer reductions with independent chains, no float compare (a float
- * maximum through kd_vmax costs two order keys per element). NaN excluded. */
+/* The largest of x[0..m) (-inf when there is none), on the bit patterns
+ * as signed integers: they order the floats >= +0 like the floats, and the
+ * negative floats (INT32_MIN + magnitude) in reverse, so the largest float
+ * is the largest pattern when that is >= 0, else the smallest one. Two
+ * signed reductions with independent chains; no float compare (a float
+ * maximum through kd_vmax costs two order keys per element). In 8-lane
+ * vectors: GCC 12 turns the select into a MIN/MAX_EXPR, which it lowers
+ * lane by lane for 16 lanes in the AVX2 clone but emits as one vpmaxsd /
+ * vpminsd for 8 (AVX-512 runs two 8-lane operations at the cost of one
+ * 16-lane one). NaN excluded. */
+typedef int32_t v8i __attribute__((vector_size(32)));
+typedef int32_t v8iu __attribute__((vector_size(32), aligned(4), may_alias));
 KD_INLINE float block_max(const float *x, size_t m)
 {
-    v16i smax = (v16i)splat(-0.0f); /* INT32_MIN */
-    kd_v16w umin = (kd_v16w)((v16i)splat(0) - 1);
+    v8i smax = (v8i){0} + INT32_MIN, smin = (v8i){0} + INT32_MAX;
     size_t j = 0;
-    for (; j + 16 <= m; j += 16) {
-        v16i b = (v16i)ld(x + j);
-        v16i gt = b > smax;
+    for (; j + 8 <= m; j += 8) {
+        v8i b = *(const v8iu *)(x + j);
+        v8i gt = b > smax, lt = b < smin;
         smax = (gt & b) | (~gt & smax);
-        kd_v16w u = (kd_v16w)b;
-        v16i lt = (v16i)(u < umin);
-        umin = (kd_v16w)((lt & (v16i)u) | (~lt & (v16i)umin));
+        smin = (lt & b) | (~lt & smin);
     }
-    int32_t s[16];
-    uint32_t u[16];
-    memcpy(s, &smax, sizeof s);
-    memcpy(u, &umin, sizeof u);
-    int32_t S = INT32_MIN;
-    uint32_t U = UINT32_MAX;
-    for (int i = 0; i < 16; i++) {
-        S = s[i] > S ? s[i] : S;
-        U = u[i] < U ? u[i] : U;
+    int32_t hi[8], lo[8];
+    memcpy(hi, &smax, sizeof hi);
+    memcpy(lo, &smin, sizeof lo);
+    int32_t S = INT32_MIN, L = INT32_MAX;
+    for (int i = 0; i < 8; i++) {
+        S = hi[i] > S ? hi[i] : S;
+        L = lo[i] < L ? lo[i] : L;
     }
     for (; j < m; j++) {
         int32_t b;
         memcpy(&b, x + j, sizeof b);
         S = b > S ? b : S;
-        U = (uint32_t)b < U ? (uint32_t)b : U;
+        L = b < L ? b : L;
     }
     float r;
     if (S >= 0) memcpy(&r, &S, sizeof r);
-    else if (U == UINT32_MAX) r = -INFINITY; /* m == 0 */
-    else memcpy(&r, &U, sizeof r);
+    else if (L == INT32_MAX) r = -INFINITY; /* m == 0 */
+    else memcpy(&r, &L, sizeof r);
     return r;
 }
 
@@ -211,8 +199,8 @@ KD_INLINE void lse_block(const float *x, size_t m, float it, float *run_max, dou
     }
     v16 acc = splat(0), vit = splat(it), mx = splat(*run_max);
     size_t j = 0;
-    for (; j + 16 <= m; j += 16) acc += vexp_lo(ld(x + j) * vit - mx);
-    if (j < m) acc += vexp_lo(ldp(x + j, m - j, -INFINITY) * vit - mx);
+    for (; j + 16 <= m; j += 16) acc += vexp(ld(x + j) * vit - mx);
+    if (j < m) acc += vexp(ldp(x + j, m - j, -INFINITY) * vit - mx);
     *run_sum += hsum(acc);
 }
 
@@ -254,9 +242,9 @@ KD_INLINE void lse_block_mix(const float *s, const float *t, size_t m, float a, 
         *run_max = bm;
     }
     v16 acc = splat(0), mx = splat(*run_max);
-    for (j = 0; j + 16 <= m; j += 16) acc += vexp_lo(mixv(ld(s + j), ld(t + j), a, b) - mx);
+    for (j = 0; j + 16 <= m; j += 16) acc += vexp(mixv(ld(s + j), ld(t + j), a, b) - mx);
     if (j < m)
-        acc += vexp_lo(mixv(ldp(s + j, m - j, -INFINITY), ldp(t + j, m - j, -INFINITY), a, b) - mx);
+        acc += vexp(mixv(ldp(s + j, m - j, -INFINITY), ldp(t + j, m - j, -INFINITY), a, b) - mx);
     *run_sum += hsum(acc);
 }
 
@@ -282,12 +270,6 @@ typedef struct {
     float ma, mb; /* TAIDL: mixed-logit coefficients (1 - w) / T and w / T; ct = lse(mix) */
 } dconst;
 
-/* exp for pass 2 and 3: exact zeros for masked (-inf) classes, or, when
- * the batch holds no -inf (nm), the clamped exp (no zero is needed: every
- * log-probability is finite, and 1.6e-38 for one below -87 changes no
- * value or gradient beyond rounding). */
-#define EXP2(nm, x) ((nm) ? vexp_lo(x) : vexp(x))
-
 /* One vector of pass 2. Returns the value term; *gdelta gets the gradient
  * term (pass-2 part), *gsum_part the G_j of RKL / JSD. nm: no -inf in the
  * rows (then no select is needed to keep 0 * -inf out of the value). */
@@ -300,7 +282,7 @@ KD_INLINE v16 p2_vec(const int kind, const int nm, const dconst *k, v16 sv, v16 
     if (kind == KD__DIV_FKL) { /* one FMA per log-probability */
         lq = sv * splat(k->it) - splat(k->cs), lp = tv * splat(k->it) - splat(k->ct);
     }
-    q = EXP2(nm, lq), p = EXP2(nm, lp);
+    q = vexp(lq), p = vexp(lp);
     switch (kind) {
     case KD__DIV_FKL:
         val = p * (lp - lq);
@@ -371,7 +353,7 @@ KD_INLINE void pass3(const int kind, const int nm, const dconst *k, const float 
     for (size_t j = 0; j < n; j += 16) {
         size_t r = n - j < 16 ? n - j : 16;
         v16 sv = r == 16 ? ld(s + j) : ldp(s + j, r, -INFINITY);
-        v16 z = sv * splat(k->it), q = EXP2(nm, z - splat(k->cs)), d;
+        v16 z = sv * splat(k->it), q = vexp(z - splat(k->cs)), d;
         if (kind == KD__DIV_RKL) {
             v16 tv = r == 16 ? ld(t + j) : ldp(t + j, r, -INFINITY);
             v16 u = tv * splat(k->it);
@@ -449,26 +431,33 @@ size_t kd__vocab_mask_bad(const kd__div *d, const float *s, const float *t, size
 
 KD_CLONES int kd__vocab_scan(const float *x, size_t n, size_t *neg_inf)
 {
-    /* On the bit patterns, in integer arithmetic (a combination of vector
-     * compares is lowered to scalar compares by GCC 12, see kd_simd.h):
-     * 0x7f7fffff - |x| is negative exactly for +-inf and NaN. */
-    v16i bad = (v16i)splat(0), cnt = (v16i)splat(0);
-    const v16i lim = (v16i)splat(0) + 0x7f7fffff, absm = ~(v16i)splat(-0.0f); /* splat(0): bits 0 */
+    /* On the bit patterns, in 8-lane integer vectors (see block_max): +inf
+     * and the positive NaNs are the signed patterns above 0x7f7fffff, the
+     * negative NaNs the unsigned ones above -inf's 0xff800000. A signed
+     * maximum, an unsigned maximum and a -inf count: four operations per 8
+     * floats. */
+    typedef uint32_t v8u __attribute__((vector_size(32)));
+    v8i smax = (v8i){0} + INT32_MIN, cnt = (v8i){0};
+    v8u umax = (v8u){0};
+    const v8i ninf = (v8i){0} + (int32_t)0xff800000;
     size_t j = 0;
-    for (; j + 16 <= n; j += 16) {
-        v16 v = ld(x + j);
-        v16i m = kd_is_ninf(v);
-        bad |= (lim - ((v16i)v & absm)) & ~m; /* sign bit: +inf or NaN */
-        cnt -= m;
+    for (; j + 8 <= n; j += 8) {
+        v8i b = *(const v8iu *)(x + j);
+        v8u u = (v8u)b;
+        v8i gt = b > smax, ugt = (v8i)(u > umax);
+        smax = (gt & b) | (~gt & smax);
+        umax = (v8u)((ugt & (v8i)u) | (~ugt & (v8i)umax));
+        cnt -= b == ninf;
     }
-    bad >>= 31;
-    int32_t b[16], c[16];
-    memcpy(b, &bad, sizeof b); /* the arrays are not 64-byte aligned */
+    int32_t sm[8], c[8];
+    uint32_t um[8];
+    memcpy(sm, &smax, sizeof sm);
+    memcpy(um, &umax, sizeof um);
     memcpy(c, &cnt, sizeof c);
     int any = 0;
     size_t ni = 0;
-    for (int i = 0; i < 16; i++) {
-        any |= b[i] != 0;
+    for (int i = 0; i < 8; i++) {
+        any |= sm[i] > 0x7f7fffff || um[i] > 0xff800000u;
         ni += (size_t)(uint32_t)c[i];
     }
     for (; j < n; j++) {
