@@ -267,6 +267,105 @@ def core():
         assert e.reason
 
     @case
+    def infer_equals_forward_bit_for_bit():
+        ctx = libkd.Context(seed=13)
+        # dropout and batch norm differ between modes: infer must be the
+        # inference forward (dropout off, running statistics).
+        specs = (SPEC, "input 2x5x5; conv 3 3 pad 1; batchnorm; relu; maxpool 2; flatten; "
+                       "dropout 0.5; linear 4")
+        for spec in specs:
+            m = libkd.Model.from_spec(ctx, spec)
+            m.parameters()  # weights exist: the model can be shared
+            sd = m.state_dict()
+            if "1.running_mean" in sd:  # non-trivial running statistics
+                sd["1.running_mean"][:] = [0.25, -0.5, 1.0]
+                sd["1.running_var"][:] = [2.0, 0.5, 1.5]
+            n_in = int(np.prod(m.input_shape))
+            x = np.random.default_rng(21).standard_normal((7, n_in)).astype(np.float32)
+            x = x.reshape((7,) + m.input_shape)
+            ref = m.forward(x)
+            got = m.infer(x)
+            assert got.shape == ref.shape == (7, 4) and got.dtype == np.float32
+            assert np.array_equal(got, ref), np.abs(got - ref).max()
+            # a workspace sized for 7 serves 7 and fewer; flattened input. (The
+            # GEMM kernel depends on the batch: compare with forward at that batch.)
+            ws = m.infer_workspace(7)
+            assert np.array_equal(m.infer(x.reshape(7, n_in), workspace=ws), ref)
+            assert np.array_equal(m.infer(x[:3], workspace=ws), m.forward(x[:3]))
+            assert np.array_equal(m.infer(x[2].ravel()), m.forward(x[2:3]))  # one flat sample
+            assert np.array_equal(m.infer(x, workspace=np.zeros(len(ws), np.uint8)), ref)
+            if spec != SPEC:  # the modes do differ here (last: it moves the running stats)
+                assert not np.allclose(m.forward(x, train=True), ref)
+
+    @case
+    def infer_from_threads_on_one_model():
+        import threading
+        ctx = libkd.Context(seed=17)
+        m = libkd.Model.from_spec(ctx, "input 32; linear 64; gelu; linear 64; tanh; linear 8")
+        m.parameters()
+        rng = np.random.default_rng(5)
+        xs = [rng.standard_normal((9 + k, 32)).astype(np.float32) for k in range(4)]
+        refs = [m.forward(x) for x in xs]
+        out = [None] * len(xs)
+
+        def work(k):
+            tctx = libkd.Context()
+            ws = m.infer_workspace(len(xs[k]))
+            for _ in range(50):
+                out[k] = m.infer(xs[k], ctx=tctx, workspace=ws)
+        threads = [threading.Thread(target=work, args=(k,)) for k in range(len(xs))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        for k in range(len(xs)):
+            assert np.array_equal(out[k], refs[k]), k
+
+    @case
+    def infer_refuses_hostile_input_with_library_reason():
+        ctx = libkd.Context(seed=3)
+        m = libkd.Model.from_spec(ctx, SPEC)
+        # no weights yet: sharing needs a built model
+        e = expect_error("STATE", m.infer, np.zeros((2, 6), np.float32))
+        assert "kd_model_infer" in e.reason and "weights" in e.reason, e.reason
+        assert e.reason == ctx.last_error
+        m.parameters()
+        e = expect_error("SHAPE", m.infer, np.zeros((2, 5), np.float32))
+        assert "got 10 input floats, batch 2 needs 12" in e.reason, e.reason
+        e = expect_error("INVALID", m.infer, np.zeros((0, 6), np.float32))
+        assert "batch is 0" in e.reason, e.reason
+        # a workspace for 2 samples does not serve 3; one byte short fails too
+        ws = m.infer_workspace(2)
+        x3 = np.ones((3, 6), np.float32)
+        e = expect_error("INVALID", m.infer, x3, workspace=ws)
+        assert "too small" in e.reason, e.reason
+        e = expect_error("INVALID", m.infer, x3[:2], workspace=ws[:64])
+        assert "too small" in e.reason, e.reason
+        try:
+            m.infer(x3[:2], workspace=bytes(len(ws)))
+            raise AssertionError("read-only workspace accepted")
+        except ValueError:
+            pass
+        # the error goes to the context given, not the model's
+        other = libkd.Context()
+        e = expect_error("SHAPE", m.infer, np.zeros((2, 5), np.float32), ctx=other)
+        assert e.reason == other.last_error
+        # NaN propagates as in forward: only the sample holding it
+        x = fixed_inputs()[0]
+        x[1, 2] = np.nan
+        y = m.infer(x)
+        assert np.isnan(y[1]).all(), y[1]
+        assert np.isfinite(np.delete(y, 1, axis=0)).all()
+        assert np.array_equal(y, m.forward(x), equal_nan=True)
+        # an MoE layer records routing statistics in its forward: refused
+        moe = libkd.Model.from_spec(ctx, "input 8; moe 4 2 16 relu; linear 3")
+        moe.parameters()
+        e = expect_error("UNSUPPORTED", moe.infer, np.ones((4, 8), np.float32))
+        assert "moe" in e.reason and "layer 0" in e.reason, e.reason
+        e = expect_error("UNSUPPORTED", moe.infer_workspace, 4)
+        assert moe.forward(np.ones((4, 8), np.float32)).shape == (4, 3)  # forward still works
+
+    @case
     def handles_close_and_reject_use_after_close():
         ctx = libkd.Context()
         m = libkd.Model.from_spec(ctx, SPEC)

@@ -258,6 +258,54 @@ class Model(_Handle):
         return np.ctypeslib.as_array(y, shape=(batch * self._numel(self.output_shape),)) \
             .reshape(out_shape).copy()
 
+    def infer_workspace(self, batch):
+        """A workspace for infer() on up to batch samples: a zeroed bytearray of
+        kd_model_infer_workspace_size bytes, reusable across calls by one thread.
+        Raises Error (no reason beyond the status: the C function records none)
+        when the model cannot be shared (KD_E_UNSUPPORTED: an MoE layer;
+        KD_E_STATE: no weights yet)."""
+        size = ctypes.c_size_t()
+        _check(None, _ffi.model_infer_workspace_size(self.ptr, batch, ctypes.byref(size)),
+               "kd_model_infer_workspace_size")
+        return bytearray(size.value)
+
+    def infer(self, x, ctx=None, workspace=None):
+        """Inference output for x, computed by kd_model_infer: the model is only
+        read, so several Python threads may call infer on one model at once
+        (ctypes releases the GIL during the call), each with its own Context as
+        ctx (default: the model's) and its own workspace. Bit-identical to
+        forward(x) with the same GEMM backend and threads.
+
+        x: (batch, *input_shape) or (batch, input numel); a 1-D x is taken as
+        flattened samples, as forward does. workspace: a writable buffer
+        (bytearray, NumPy array) from infer_workspace(n) with n >= batch, or
+        None to allocate one for this call only. Returns a new array
+        (batch, *output_shape). The model must have weights (loaded, run
+        once, or parameters() called) and no MoE layer; violations, a wrong
+        input size or a too small workspace raise Error with the library's
+        status and reason.
+        """
+        ctx = self.ctx if ctx is None else ctx
+        in_n = self._numel(self.input_shape)
+        out_shape = self.output_shape
+        x = _f32(x)
+        batch = x.shape[0] if x.ndim >= 2 else max(x.size // in_n, 1)
+        y = np.empty((batch,) + out_shape, np.float32)
+        if workspace is None:
+            size = ctypes.c_size_t()
+            st = _ffi.model_infer_workspace_size(self.ptr, batch, ctypes.byref(size))
+            # On failure kd_model_infer (with no workspace) runs the same checks
+            # and records why in ctx; it reads neither x nor y when it fails.
+            ws = np.zeros(size.value if st == 0 else 0, np.uint8)
+        else:
+            ws = np.frombuffer(workspace, dtype=np.uint8)
+            if not ws.flags.writeable:
+                raise ValueError("workspace must be writable (a bytearray or NumPy array)")
+        _check(ctx.ptr, _ffi.model_infer(self.ptr, ctx.ptr, _fp(x), x.size, batch, _fp(y), y.size,
+                                         ws.ctypes.data if ws.size else None, ws.size),
+               "kd_model_infer")
+        return y
+
     def backward(self, dy, want_dx=False):
         """Backward for the last training forward; accumulates parameter gradients."""
         dy = _f32(dy)

@@ -164,6 +164,10 @@ model_tensor = _fn("kd_model_tensor", c_status, P, c_size_t, POINTER(c_float_p),
 model_zero_grad = _fn("kd_model_zero_grad", c_status, P)
 model_forward = _fn("kd_model_forward", c_status, P, c_int, c_float_p, c_size_t, c_size_t,
                     POINTER(c_float_p))
+model_infer_workspace_size = _fn("kd_model_infer_workspace_size", c_status, P, c_size_t,
+                                 c_size_t_p)
+model_infer = _fn("kd_model_infer", c_status, P, P, c_float_p, c_size_t, c_size_t, c_float_p,
+                  c_size_t, c_void_p, c_size_t)
 model_backward = _fn("kd_model_backward", c_status, P, c_float_p, c_size_t, c_float_p, c_size_t)
 model_save = _fn("kd_model_save", c_status, P, c_char_p)
 model_save_size = _fn("kd_model_save_size", c_status, P, c_size_t_p)
