@@ -597,6 +597,84 @@ START_TEST(test_maxpool_paths)
 }
 END_TEST
 
+/* The vectorised 2x2 path compares floats through integer order keys and
+ * finds NaN planes from the bit patterns: ties between -0 and +0 (the first
+ * one in scan order wins, sign kept), infinities, the largest and the
+ * subnormal magnitudes, and NaNs of either sign or with a signalling payload
+ * (the plane must take the NaN scan) must give the plain scan's values bit
+ * for bit and route the gradient to the same positions. */
+static float bits_float(uint32_t u)
+{
+    float f;
+    memcpy(&f, &u, sizeof f);
+    return f;
+}
+
+START_TEST(test_maxpool_special_values)
+{
+    const float vals[] = {-INFINITY, -3.4028235e38f, -1.0f, -1.4e-45f, -0.0f, 0.0f,
+                          1.4e-45f, 1.0f, 3.4028235e38f, INFINITY};
+    const size_t nv = sizeof vals / sizeof vals[0];
+    const size_t batch = 2, c = 3, h = 6, w = 40, oh = 3, ow = 20;
+    const size_t nx = batch * c * h * w, ny = batch * c * oh * ow;
+    float *x = malloc(nx * sizeof(float)), *dy = malloc(ny * sizeof(float));
+    float *dx = malloc(nx * sizeof(float)), *rdx = malloc(nx * sizeof(float));
+    float *ry = malloc(ny * sizeof(float));
+    ck_assert_ptr_nonnull(x);
+    ck_assert_ptr_nonnull(dy);
+    ck_assert_ptr_nonnull(dx);
+    ck_assert_ptr_nonnull(rdx);
+    ck_assert_ptr_nonnull(ry);
+    uint32_t s = 12345;
+    for (size_t i = 0; i < nx; i++) {
+        s = s * 1664525u + 1013904223u;
+        size_t plane = i / (h * w);
+        /* plane 0: only -0 and +0 (every window a tie); plane 3: no negative
+         * number (its NaN is the only value with the sign bit); the others
+         * all values */
+        x[i] = plane == 0   ? vals[4 + (s >> 28) % 2]
+               : plane == 3 ? vals[5 + (s >> 24) % (nv - 5)]
+                            : vals[(s >> 24) % nv];
+    }
+    x[0] = 0.0f; /* plane 0's first window: +0 first, so +0 must win over later -0 */
+    x[1] = -0.0f;
+    x[w] = -0.0f;
+    x[w + 1] = 0.0f;
+    x[3 * h * w + 7] = bits_float(0xffc00000u);         /* plane 3: a negative NaN */
+    x[4 * h * w + w + 9] = bits_float(0x7f800001u);     /* plane 4: signalling payload */
+    x[5 * h * w + 2 * w + 3] = bits_float(0xff800001u); /* plane 5: both */
+    for (size_t i = 0; i < ny; i++) dy[i] = (float)(i % 89) + 1.0f;
+    naive_maxpool(x, batch * c, h, w, 2, 2, ry, dy, rdx);
+    /* the reference itself: sign of zero and NaN planes as intended */
+    ck_assert(signbit(ry[0]) == 0);
+    ck_assert(isnan(ry[3 * oh * ow + 3]));
+    kd_context *ctx = kd_test_ctx();
+    kd_model *m;
+    ck_assert_int_eq(kd_model_create_from_spec(ctx, "input 3x6x40; maxpool 2", &m), KD_OK);
+    const float *y;
+    for (int mode = 0; mode < 2; mode++) {
+        ck_assert_int_eq(kd_model_forward(m, mode ? KD_MODE_TRAIN : KD_MODE_INFER, x, nx, batch, &y), KD_OK);
+        for (size_t i = 0; i < ny; i++) {
+            uint32_t got, want;
+            memcpy(&got, y + i, sizeof got);
+            memcpy(&want, ry + i, sizeof want);
+            ck_assert_msg(got == want, "mode %d: y[%zu] = %g (0x%08x), want %g (0x%08x)", mode, i,
+                          (double)y[i], (unsigned)got, (double)ry[i], (unsigned)want);
+        }
+    }
+    ck_assert_int_eq(kd_model_backward(m, dy, ny, dx, nx), KD_OK);
+    for (size_t i = 0; i < nx; i++)
+        ck_assert_msg(dx[i] == rdx[i], "dx[%zu] = %g, want %g", i, (double)dx[i], (double)rdx[i]);
+    kd_model_destroy(m);
+    kd_context_destroy(ctx);
+    free(x);
+    free(dy);
+    free(dx);
+    free(rdx);
+    free(ry);
+}
+END_TEST
+
 /* Convolution runs one GEMM per chunk of samples (the whole batch unless the
  * column buffer would pass kd__conv_chunk_floats). With the limit lowered so
  * that a chunk holds two samples, batch 5 runs chunks of 2, 2 and 1: outputs
@@ -726,6 +804,7 @@ Suite *kd_test_suite(void)
     tcase_add_test(tc, test_nan_inf);
     tcase_add_test(tc, test_arena);
     tcase_add_test(tc, test_maxpool_paths);
+    tcase_add_test(tc, test_maxpool_special_values);
     tcase_add_test(tc, test_conv_chunks);
     suite_add_tcase(s, tc);
     return s;

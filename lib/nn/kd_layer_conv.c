@@ -5,6 +5,7 @@
 #include <math.h>
 
 #include "kd_layer.h"
+#include "kd_simd.h"
 
 /* Vector helpers are static and always inlined: the psABI note about
  * passing 64-byte vectors does not apply. */
@@ -410,8 +411,7 @@ static inline int pool_takes(float v, float m)
 
 /* GCC/Clang vector extensions: 16 lanes (one AVX-512 register, two AVX2 or
  * four SSE registers, whichever the clone targets). */
-typedef float kd_v16f __attribute__((vector_size(64)));
-typedef int32_t kd_v16i __attribute__((vector_size(64)));
+typedef kd_v16 kd_v16f;
 typedef float kd_v16fu __attribute__((vector_size(64), aligned(4), may_alias));
 typedef int32_t kd_v16iu __attribute__((vector_size(64), aligned(4), may_alias));
 #define KD_VINLINE static inline __attribute__((always_inline))
@@ -434,10 +434,18 @@ KD_VINLINE kd_v16i vldi(const int32_t *p) { return *(const kd_v16iu *)p; }
 KD_VINLINE void vst(float *p, kd_v16f v) { *(kd_v16fu *)p = v; }
 KD_VINLINE void vsti(int32_t *p, kd_v16i v) { *(kd_v16iu *)p = v; }
 
-/* Lane-wise v > m as all-ones / zero lanes (callers rule out NaN). */
+/* Lane-wise v > m as all-ones / zero lanes (callers rule out NaN): the sign
+ * of key(m) - key(v) on the integer order keys (kd_simd.h), taken without
+ * overflow (Hacker's Delight 2-12: x < y iff (x - y) ^ ((x ^ y) & ((x - y) ^ x))
+ * is negative). No compare operator: GCC 12 lowers every compare of a
+ * 64-byte vector, float or integer (kd_gt too), lane by lane in the AVX2 and
+ * baseline clones (16 scalar compares and setcc), while this arithmetic
+ * stays in vector registers. Same answer as v > m for every non-NaN pair;
+ * -0 and +0 share a key, so neither beats the other (as with floats). */
 KD_VINLINE kd_v16i vtakes(kd_v16f v, kd_v16f m)
 {
-    return v > m;
+    kd_v16w x = (kd_v16w)kd_key(m), y = (kd_v16w)kd_key(v), d = x - y;
+    return (kd_v16i)(d ^ ((x ^ y) & (d ^ x))) >> 31;
 }
 
 /* Lanes of t pick v, the others m. */
@@ -465,12 +473,24 @@ static void max2x2_tail(const float *x, size_t i, size_t n1, int32_t off, float 
     }
 }
 
-/* Any NaN among n floats. */
+/* Any NaN among n floats: a magnitude (bits & 0x7fffffff) above +inf's
+ * 0x7f800000, any sign or payload, i.e. a negative 0x7f800000 - magnitude
+ * (no overflow: both are in [0, 2^31)). Arithmetic on integer lanes: x != x
+ * is one scalar compare per float in GCC 12 (not vectorised), and a 64-byte
+ * vector compare would run lane by lane (see vtakes). */
 KD_VINLINE int has_nan(const float *x, size_t n)
 {
-    int any = 0;
-    for (size_t i = 0; i < n; i++) any |= x[i] != x[i];
-    return any;
+    size_t i = 0;
+    kd_v16i any = {0};
+    for (; i + 16 <= n; i += 16) any |= 0x7f800000 - ((kd_v16i)vld(x + i) & 0x7fffffff);
+    int found = 0;
+    for (int k = 0; k < 16; k++) found |= any[k] < 0;
+    for (; i < n; i++) {
+        uint32_t b;
+        memcpy(&b, x + i, sizeof b);
+        found |= (b & 0x7fffffffu) > 0x7f800000u;
+    }
+    return found;
 }
 
 /*
