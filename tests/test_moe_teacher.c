@@ -467,6 +467,111 @@ START_TEST(test_sar_teacher)
 }
 END_TEST
 
+/* The SAR router trains only in training calls: kd_evaluate (directly or
+ * through an ensemble) and kd_teacher_logits_mode(KD_MODE_INFER) leave it as
+ * it is, so a teacher evaluated many times answers its next training call
+ * exactly as an untouched twin; kd_teacher_logits and kd_fit still step it. */
+START_TEST(test_sar_router_steps_only_in_training)
+{
+    kd_context *ctx = kd_test_ctx();
+    kd_model *m, *st;
+    ck_assert_int_eq(kd_model_create_from_spec(ctx, "input 6; moe 5 2 7 relu", &m), KD_OK);
+    ck_assert_int_eq(kd_model_create_from_spec(ctx, "input 6; linear 6", &st), KD_OK);
+    enum { N = 16 };
+    float x[N * D], ya[N * D], yb[N * D], y0[N * D], y1[N * D], y2[N * D], yf[N * D];
+    int32_t labels[N];
+    kd_test_fill(x, N * D, -2, 2, 33);
+    for (size_t r = 0; r < N; r++) labels[r] = (int32_t)(r % D);
+    kd_moe_teacher_config c;
+    kd_moe_teacher_config_default(&c);
+    c.mode = KD_MOE_TEACHER_SAR;
+    kd_teacher *frozen, *ta, *tb, *tm, *ens, *two[2];
+    ck_assert_int_eq(kd_teacher_create_moe(ctx, m, &c, &frozen), KD_OK); /* no student */
+    c.student = st;
+    c.router_lr = 0.05f;
+    ck_assert_int_eq(kd_teacher_create_moe(ctx, m, &c, &ta), KD_OK);
+    ck_assert_int_eq(kd_teacher_create_moe(ctx, m, &c, &tb), KD_OK);
+    ck_assert_int_eq(kd_teacher_stateful(ta), 1);
+
+    /* an inference call answers with the untrained router's all-expert mix */
+    ck_assert_int_eq(kd_teacher_logits(frozen, x, N, y0), KD_OK);
+    ck_assert_int_eq(kd_teacher_logits_mode(ta, x, N, ya, KD_MODE_INFER), KD_OK);
+    ck_assert(memcmp(ya, y0, sizeof ya) == 0);
+
+    /* kd_evaluate, 4 batches of 4, directly and through an ensemble */
+    kd_dataset ds = {sizeof ds, x, N, D, labels};
+    kd_eval_report rep = {sizeof rep};
+    ck_assert_int_eq(kd_evaluate(ctx, st, ta, &ds, 4, &rep), KD_OK);
+    ck_assert_int_eq(kd_teacher_from_model(ctx, m, &tm), KD_OK);
+    two[0] = tm, two[1] = ta;
+    ck_assert_int_eq(kd_teacher_ensemble(ctx, two, 2, NULL, KD_ENSEMBLE_LOGITS, &ens), KD_OK);
+    ck_assert_int_eq(kd_evaluate(ctx, st, ens, &ds, 4, &rep), KD_OK);
+    ck_assert_int_eq(kd_teacher_logits_mode(ens, x, N, yf, KD_MODE_INFER), KD_OK);
+    ck_assert_int_eq(kd_teacher_logits_mode(ta, x, N, ya, KD_MODE_INFER), KD_OK);
+    ck_assert(memcmp(ya, y0, sizeof ya) == 0);
+    /* the next training call of the evaluated teacher equals its twin's
+     * (each answers before its step): no step was taken before */
+    ck_assert_int_eq(kd_teacher_logits(ta, x, N, ya), KD_OK);
+    ck_assert_int_eq(kd_teacher_logits(tb, x, N, yb), KD_OK);
+    ck_assert(memcmp(ya, yb, sizeof ya) == 0);
+    kd_assert_close(ya, y0, N * D, 1e-5, 1e-5);
+
+    /* training calls step: the inference answer moves after each one, and
+     * stays put between them */
+    ck_assert_int_eq(kd_teacher_logits_mode(ta, x, N, y1, KD_MODE_INFER), KD_OK);
+    ck_assert(memcmp(y1, y0, sizeof y1) != 0);
+    ck_assert_int_eq(kd_teacher_logits_mode(ta, x, N, y2, KD_MODE_INFER), KD_OK);
+    ck_assert(memcmp(y1, y2, sizeof y1) == 0);
+    ck_assert_int_eq(kd_teacher_logits_mode(ta, x, N, ya, KD_MODE_TRAIN), KD_OK);
+    ck_assert(memcmp(ya, y1, sizeof ya) == 0); /* answered before this step */
+    ck_assert_int_eq(kd_teacher_logits_mode(ta, x, N, y2, KD_MODE_INFER), KD_OK);
+    ck_assert(memcmp(y1, y2, sizeof y1) != 0);
+
+    /* kd_fit steps it once per batch: after one epoch of 4 batches, tb
+     * (one step so far) has moved */
+    kd_optimizer_config oc;
+    kd_optimizer_config_default(&oc, KD_OPTIM_SGD);
+    oc.lr = 0.0f; /* the student stays put: only the router moves */
+    kd_optimizer *opt;
+    ck_assert_int_eq(kd_optimizer_create(st, &oc, &opt), KD_OK);
+    kd_loss_hinton_config hc;
+    kd_loss_hinton_config_default(&hc);
+    hc.alpha = 1.0f;
+    kd_loss *kl;
+    ck_assert_int_eq(kd_loss_create(ctx, kd_loss_hinton(), &hc, &kl), KD_OK);
+    kd_student *s;
+    ck_assert_int_eq(kd_student_create(ctx, st, opt, NULL, &s), KD_OK);
+    ck_assert_int_eq(kd_student_add_loss(s, kl, 1.0f, KD_TERM_NO_LABELS), KD_OK);
+    kd_fit_config fc;
+    kd_fit_config_default(&fc);
+    fc.epochs = 1;
+    fc.batch = 4;
+    ck_assert_int_eq(kd_teacher_logits_mode(tb, x, N, y1, KD_MODE_INFER), KD_OK);
+    ck_assert_int_eq(kd_fit(s, tb, &ds, &fc), KD_OK);
+    ck_assert_int_eq(kd_teacher_logits_mode(tb, x, N, y2, KD_MODE_INFER), KD_OK);
+    ck_assert(memcmp(y1, y2, sizeof y1) != 0);
+
+    /* hostile */
+    ck_assert_int_eq(kd_teacher_logits_mode(NULL, x, N, ya, KD_MODE_INFER), KD_E_INVALID);
+    ck_assert_int_eq(kd_teacher_logits_mode(ta, x, N, ya, (kd_mode)7), KD_E_INVALID);
+    ck_assert_ptr_nonnull(strstr(kd_context_last_error(ctx), "mode"));
+    ck_assert_int_eq(kd_teacher_logits_mode(ta, x, 0, ya, KD_MODE_INFER), KD_E_INVALID);
+    ck_assert_int_eq(kd_teacher_logits_mode(ta, NULL, N, ya, KD_MODE_TRAIN), KD_E_INVALID);
+
+    kd_student_destroy(s);
+    kd_loss_destroy(kl);
+    kd_optimizer_destroy(opt);
+    kd_teacher_destroy(ens);
+    kd_teacher_destroy(tm);
+    kd_teacher_destroy(tb);
+    kd_teacher_destroy(ta);
+    kd_teacher_destroy(frozen);
+    kd_model_destroy(st);
+    kd_model_destroy(m);
+    kd_context_destroy(ctx);
+}
+END_TEST
+
 /* ---- distilling an MoE teacher into a dense student with kd_fit ------------- */
 
 #define TN 768
@@ -647,6 +752,7 @@ Suite *kd_test_suite(void)
     tcase_add_test(tc, test_sar_gradient);
     tcase_add_test(tc, test_sar_against_torch);
     tcase_add_test(tc, test_sar_teacher);
+    tcase_add_test(tc, test_sar_router_steps_only_in_training);
     tcase_add_test(tc, test_dense_student_from_moe_teacher);
     tcase_add_test(tc, test_alloc_failures);
     suite_add_tcase(s, tc);

@@ -124,7 +124,9 @@ KD_API void kd_cache_writer_destroy(kd_cache_writer *w);
 /**
  * Runs teacher over every row of ds (batches of cfg->batch rows) into a
  * finished cache at path. With resume != 0 it continues an interrupted run
- * from "<path>.partial". Errors as above plus the teacher's.
+ * from "<path>.partial". The teacher is asked in KD_MODE_INFER
+ * (kd_teacher_logits_mode): a teacher that learns is not changed. Errors as
+ * above plus the teacher's.
  */
 KD_API kd_status kd_cache_write_teacher(kd_context *ctx, kd_teacher *teacher,
                                         const kd_dataset *ds, const char *path,

@@ -94,8 +94,24 @@ KD_API size_t kd_teacher_classes(const kd_teacher *t);
 /**
  * Teacher logits for a batch: logits receives batch x classes floats.
  * x is borrowed during the call. A non-finite output is KD_E_NUMERIC.
+ * This is a training call: a teacher that learns as it is asked (the
+ * student-aware MoE router, kd_teacher_stateful) takes its step, as
+ * kd_teacher_logits_mode with KD_MODE_TRAIN. Evaluate with KD_MODE_INFER.
  */
 KD_API kd_status kd_teacher_logits(kd_teacher *t, const float *x, size_t batch, float *logits);
+
+/**
+ * kd_teacher_logits, saying whether the call belongs to training.
+ * KD_MODE_TRAIN: exactly kd_teacher_logits. KD_MODE_INFER: the teacher
+ * answers without changing (a student-aware MoE router takes no step and
+ * answers with an inference-mode forward of its copy; an ensemble passes
+ * the mode to its members). Teachers that do not learn answer alike in
+ * both modes. kd_fit asks in KD_MODE_TRAIN; kd_evaluate and
+ * kd_cache_write_teacher in KD_MODE_INFER. Errors: those of
+ * kd_teacher_logits, and KD_E_INVALID for another mode.
+ */
+KD_API kd_status kd_teacher_logits_mode(kd_teacher *t, const float *x, size_t batch,
+                                        float *logits, kd_mode mode);
 
 /* ---- students ------------------------------------------------------------ */
 
@@ -213,7 +229,9 @@ typedef struct kd_eval_report {
 
 /**
  * Evaluates model m (inference mode) on ds in batches of `batch` rows;
- * teacher may be NULL. Ties in argmax go to the lower class index.
+ * teacher may be NULL, and is asked in KD_MODE_INFER (a teacher that
+ * learns, such as the student-aware MoE router, is left unchanged). Ties in
+ * argmax go to the lower class index.
  */
 KD_API kd_status kd_evaluate(kd_context *ctx, kd_model *m, kd_teacher *teacher,
                              const kd_dataset *ds, size_t batch, kd_eval_report *report);

@@ -370,6 +370,10 @@ typedef enum kd_moe_teacher_mode {
      * student's logits (student run in inference mode), and answers with
      * the logits computed before that step. Experts and every other layer
      * stay frozen. Stateful: kd_fit runs it on every batch (never caches).
+     * Only training calls step (kd_teacher_logits, kd_fit): an inference
+     * call (kd_teacher_logits_mode with KD_MODE_INFER, kd_evaluate,
+     * kd_cache_write_teacher) answers with an inference-mode forward of the
+     * copy and leaves the router as it is.
      * Needs E <= 64 per layer; training-mode forward (dropout is active).
      */
     KD_MOE_TEACHER_SAR = 1
@@ -403,8 +407,9 @@ KD_API void kd_moe_teacher_config_default_sized(kd_moe_teacher_config *cfg, size
  * call and restored after); SAR copies m's tensors at creation and never
  * writes m. Use it with kd_fit / kd_student_step like any teacher.
  * Threads: KA changes m's routers during a call; nothing else may use m
- * meanwhile. SAR takes a router step on every kd_teacher_logits call,
- * kd_evaluate's included.
+ * meanwhile. SAR takes a router step on every training call
+ * (kd_teacher_logits, kd_fit), none in kd_evaluate or
+ * kd_teacher_logits_mode with KD_MODE_INFER.
  * Errors: KD_E_INVALID (NULL, bad settings, no moe layer, a student of
  * other sizes), KD_E_SHAPE (token-id model), KD_E_UNSUPPORTED (KA: k above
  * 64 (at kd_teacher_logits) or an expert-choice layer with capacity factor

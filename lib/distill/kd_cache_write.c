@@ -364,7 +364,7 @@ kd_status kd_cache_write_teacher(kd_context *ctx, kd_teacher *teacher, const kd_
     }
     for (size_t i = (size_t)start; i < ds->n && st == KD_OK; i += cfg.batch) {
         size_t b = ds->n - i < cfg.batch ? ds->n - i : cfg.batch;
-        st = kd_teacher_logits(teacher, ds->x + i * dim, b, buf);
+        st = kd_teacher_logits_mode(teacher, ds->x + i * dim, b, buf, KD_MODE_INFER); /* no training here */
         if (st == KD_OK) st = kd_cache_writer_append_logits(w, buf, b);
     }
     if (st == KD_OK) st = kd_cache_writer_finish(w);

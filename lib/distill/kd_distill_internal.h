@@ -14,11 +14,15 @@ size_t kd__model_input_numel(kd_model *m);
 kd_status kd__check_dataset(kd_context *ctx, const kd_dataset *ds, size_t dim, const char *fn);
 
 /* A teacher implemented by another layer: run fills batch x classes
- * logits and returns a status (reason set); release(user) runs at destroy
- * (not when creation fails: the caller still owns user then). stateful: the
- * teacher's answer for a row changes between calls (kd_teacher_stateful;
- * kd_fit never caches it). */
-typedef kd_status (*kd__teacher_run_fn)(void *user, const float *x, size_t batch, float *logits);
+ * logits and returns a status (reason set); train is 1 for a training call
+ * (kd_teacher_logits, kd_fit: a teacher that learns as it is asked may
+ * step) and 0 for an inference call (kd_teacher_logits_mode with
+ * KD_MODE_INFER, kd_evaluate: the teacher must not change). release(user)
+ * runs at destroy (not when creation fails: the caller still owns user
+ * then). stateful: the teacher's answer for a row changes between training
+ * calls (kd_teacher_stateful; kd_fit never caches it). */
+typedef kd_status (*kd__teacher_run_fn)(void *user, const float *x, size_t batch, float *logits,
+                                        int train);
 kd_status kd__teacher_create_owned(kd_context *ctx, size_t input_dim, size_t classes,
                                    kd__teacher_run_fn run, void (*release)(void *user),
                                    void *user, int stateful, kd_teacher **out);

@@ -323,7 +323,9 @@ kd_status kd_evaluate(kd_context *ctx, kd_model *m, kd_teacher *teacher, const k
         if (st != KD_OK) break;
         memcpy(all + i * classes, y, b * classes * sizeof *all);
         if (teacher) {
-            if ((st = kd_teacher_logits(teacher, ds->x + i * dim, b, tl)) != KD_OK) break;
+            /* evaluation never trains the teacher (a SAR router takes no step) */
+            if ((st = kd_teacher_logits_mode(teacher, ds->x + i * dim, b, tl, KD_MODE_INFER)) != KD_OK)
+                break;
             for (size_t r = 0; r < b; r++)
                 agree += argmax_row(y + r * classes, classes) == argmax_row(tl + r * classes, classes);
         }

@@ -160,9 +160,9 @@ static void softmax_row(const float *z, size_t c, float *p)
     for (size_t j = 0; j < c; j++) p[j] = (float)(exp((double)z[j] - mx) / s);
 }
 
-kd_status kd_teacher_logits(kd_teacher *t, const float *x, size_t batch, float *logits)
+static kd_status teacher_logits(kd_teacher *t, const float *x, size_t batch, float *logits,
+                                int train)
 {
-    if (!t) return KD_E_INVALID;
     kd_context *ctx = t->ctx;
     if (!x || !logits || batch == 0)
         return kd__fail(ctx, KD_E_INVALID, "kd_teacher_logits: NULL input/output or batch 0");
@@ -179,7 +179,7 @@ kd_status kd_teacher_logits(kd_teacher *t, const float *x, size_t batch, float *
         break;
     }
     case T_OWNED:
-        if ((st = t->run(t->user, x, batch, logits)) != KD_OK) return st;
+        if ((st = t->run(t->user, x, batch, logits, train)) != KD_OK) return st;
         break;
     case T_CALLBACK:
         if (t->fn(t->user, x, batch, t->input_dim, logits, t->classes) != 0)
@@ -195,7 +195,7 @@ kd_status kd_teacher_logits(kd_teacher *t, const float *x, size_t batch, float *
         }
         for (size_t j = 0; j < n_y; j++) logits[j] = 0.0f;
         for (size_t i = 0; i < t->n_members; i++) {
-            st = kd_teacher_logits(t->members[i], x, batch, t->scratch);
+            st = teacher_logits(t->members[i], x, batch, t->scratch, train);
             if (st != KD_OK) return st;
             const float w = t->weights[i];
             if (t->mode == KD_ENSEMBLE_LOGITS) {
@@ -218,4 +218,19 @@ kd_status kd_teacher_logits(kd_teacher *t, const float *x, size_t batch, float *
             return kd__fail(ctx, KD_E_NUMERIC, "teacher produced a non-finite logit at row %zu, class %zu",
                             j / t->classes, j % t->classes);
     return KD_OK;
+}
+
+kd_status kd_teacher_logits(kd_teacher *t, const float *x, size_t batch, float *logits)
+{
+    if (!t) return KD_E_INVALID;
+    return teacher_logits(t, x, batch, logits, 1);
+}
+
+kd_status kd_teacher_logits_mode(kd_teacher *t, const float *x, size_t batch, float *logits,
+                                 kd_mode mode)
+{
+    if (!t) return KD_E_INVALID;
+    if (mode != KD_MODE_INFER && mode != KD_MODE_TRAIN)
+        return kd__fail(t->ctx, KD_E_INVALID, "kd_teacher_logits_mode: unknown mode %d", (int)mode);
+    return teacher_logits(t, x, batch, logits, mode == KD_MODE_TRAIN);
 }

@@ -165,8 +165,9 @@ static void softmax_into(const float *z, size_t c, float inv_t, double *p)
     for (size_t j = 0; j < c; j++) p[j] /= s;
 }
 
-static kd_status ka_run(void *user, const float *x, size_t batch, float *logits)
+static kd_status ka_run(void *user, const float *x, size_t batch, float *logits, int train)
 {
+    (void)train; /* KA does not learn: the same answer in both modes */
     moe_teacher *t = (moe_teacher *)user;
     kd_context *ctx = t->ctx;
     size_t C = t->classes, ny = batch * C, S = t->cfg.samples;
@@ -276,12 +277,15 @@ KD_API kd_status kd_model_moe_sar_loss(kd_model *m, const float *x, size_t batch
     return st;
 }
 
-static kd_status sar_run(void *user, const float *x, size_t batch, float *logits)
+/* A training call (train = 1) with a student answers, then takes the router
+ * step; any other call is a plain inference forward of the copy, which
+ * changes nothing (kd_evaluate, cache writing, a teacher without student). */
+static kd_status sar_run(void *user, const float *x, size_t batch, float *logits, int train)
 {
     moe_teacher *t = (moe_teacher *)user;
     kd_status st;
     const float *y = NULL;
-    if (!t->cfg.student) {
+    if (!t->cfg.student || !train) {
         st = kd_model_forward(t->dense, KD_MODE_INFER, x, batch * t->in, batch, &y);
         if (st == KD_OK) memcpy(logits, y, batch * t->classes * sizeof(float));
         return st;
