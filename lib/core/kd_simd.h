@@ -15,10 +15,19 @@
  *    scalar compare per lane, even in the AVX-512 clone; single compares
  *    used through a select are fine. Integer arithmetic on the bit patterns
  *    avoids the combination (kd_is_ninf).
- *  - In the AVX2 clone, GCC 12 lowers every *float* compare of a 64-byte
- *    vector lane by lane (16 scalar compares), while integer compares stay
- *    vectorised: compare floats through their integer keys (kd_key, kd_gt,
- *    kd_vmax) in every kernel that must also be fast on AVX2-only machines.
+ *  - In the AVX2 clone (and the baseline one), GCC 12 lowers every compare
+ *    of a 64-byte vector lane by lane (16 scalar compares, setcc / cmov),
+ *    float *and* integer (kd_gt, kd_lt, kd_eq, kd_vmax included), and an
+ *    and/or select between the compared values becomes a MIN/MAX_EXPR that
+ *    is lowered lane by lane too. The AVX-512 clone compiles all of them to
+ *    one instruction. Kernels that must be fast on AVX2-only machines
+ *    either avoid compares (sign bits by arithmetic shifts: kd_is_ninf,
+ *    vexp's range mask, the maxpool keys of lib/nn) or run their compares
+ *    and min/max reductions in 32-byte (8-lane) vectors, which GCC emits as
+ *    single vpcmpgtd / vpmaxsd on AVX2 and at equal throughput on AVX-512
+ *    machines that split 512-bit operations (kd_loss_vocab.c's block_max
+ *    and scan). Check each clone's objdump for setcc / cmov / ucomiss /
+ *    pinsr after touching a kernel; callgrind runs the AVX2 clone.
  *
  * Internal header: static inline helpers only, no symbols.
  */

@@ -71,9 +71,10 @@ KD_INLINE void stp(float *p, size_t r, v16 v)
 }
 KD_INLINE v16 sel(v16i m, v16 x) { return (v16)(m & (v16i)x); }
 #define vmax(a, b) kd_vmax(a, b) /* integer-key compares: see kd_simd.h */
-/* p > 0 for p >= +0 (an exp): the bits as an integer, a compare that stays
- * vectorised in the AVX2 clone. */
-KD_INLINE v16i pos(v16 p) { return (v16i)p > 0; }
+/* All-ones lanes where p > 0, for p >= +0 (an exp): the sign of -bits(p),
+ * no compare (a compare of 64-byte vectors is lowered lane by lane in the
+ * AVX2 clone, kd_simd.h). Unsigned negation: no signed overflow. */
+KD_INLINE v16i pos(v16 p) { return (v16i)(-(kd_v16w)p) >> 31; }
 KD_INLINE v16 vabs(v16 a) { return (v16)((v16i)a & ~(v16i)splat(-0.0f)); }
 KD_INLINE double hsum(v16 v) { return (double)kd_hsum(v); }
 KD_INLINE float hmax(v16 v)
