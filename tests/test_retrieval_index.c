@@ -174,6 +174,61 @@ END_TEST
 START_TEST(agree_tiny) { check_corpus(GEN_UNIFORM, 3, 100, 5); }
 END_TEST
 
+/* One searcher across BM25 parameters and query widths: its per-document
+ * BM25 table (refilled when k1 or b change) and its window scratch (rows
+ * left uncleared by queries of at most 64 tokens, then read in full by a
+ * query of more) must give exactly the one-shot results (which compute
+ * every normalisation directly), and MaxScore and BMW the exhaustive ones. */
+START_TEST(searcher_params_and_wide_queries)
+{
+    kd_context *ctx = kd_test_ctx();
+    gen_corpus c;
+    gen_corpus_make(&c, GEN_UNIFORM, 900, 21);
+    kd_sparse_index *idx = gen_build(ctx, &c, NULL);
+    kd_sparse_searcher *srch = NULL;
+    ck_assert_int_eq(kd_sparse_searcher_create(ctx, idx, &srch), KD_OK);
+    kd_rng r;
+    kd_rng_seed(&r, 21, 5);
+    const float k1s[3] = {0.9f, 1.6f, 0.0f}, bs[3] = {0.4f, 1.0f, 0.0f};
+    const uint32_t widths[6] = {3, 70, 6, 80, 64, 65};
+    static uint32_t toks[200], ids[3][50], sids[50];
+    static float sc[3][50], ssc[50];
+    for (int it = 0; it < 36; it++) {
+        uint32_t m = widths[it % 6];
+        /* m distinct tokens (some absent from the index), a few repeated */
+        uint32_t nt = 0;
+        for (uint32_t j = 0; j < m; j++) toks[nt++] = (j * 7u + (uint32_t)it) % (c.tvocab + 3);
+        for (uint32_t j = 0; j < 4; j++) toks[nt++] = toks[kd_rng_below(&r, m)];
+        size_t k = it % 4 == 3 ? 50 : 10;
+        size_t cnt[3];
+        for (int a = 0; a < 3; a++) {
+            kd_sparse_search_config cf = scfg((kd_sparse_algo)a, 0.0f, 1.0f);
+            cf.bm25_k1 = k1s[(it / 6) % 3];
+            cf.bm25_b = bs[(it / 4) % 3];
+            ck_assert_int_eq(kd_sparse_index_search(ctx, idx, &cf, NULL, NULL, 0, toks, nt, k, ids[a], sc[a],
+                                                    &cnt[a]),
+                             KD_OK);
+            size_t sn = 0;
+            ck_assert_int_eq(kd_sparse_searcher_search(srch, &cf, NULL, NULL, 0, toks, nt, k, sids, ssc, &sn),
+                             KD_OK);
+            ck_assert_uint_eq(sn, cnt[a]);
+            ck_assert_msg(memcmp(sids, ids[a], sn * 4) == 0 && memcmp(ssc, sc[a], sn * 4) == 0,
+                          "iteration %d algo %d: searcher differs from one-shot", it, a);
+        }
+        ck_assert_uint_eq(cnt[2], k);
+        for (int a = 0; a < 2; a++) {
+            ck_assert_uint_eq(cnt[a], cnt[2]);
+            ck_assert_msg(memcmp(ids[a], ids[2], cnt[2] * 4) == 0 && memcmp(sc[a], sc[2], cnt[2] * 4) == 0,
+                          "iteration %d algo %d differs from exhaustive", it, a);
+        }
+    }
+    kd_sparse_searcher_destroy(srch);
+    kd_sparse_index_destroy(idx);
+    gen_corpus_free(&c);
+    kd_context_destroy(ctx);
+}
+END_TEST
+
 START_TEST(quantisation_never_zero)
 {
     kd_context *ctx = kd_test_ctx();
@@ -400,6 +455,7 @@ Suite *kd_test_suite(void)
     tcase_add_test(tc, agree_all_equal);
     tcase_add_test(tc, agree_long_lists);
     tcase_add_test(tc, agree_tiny);
+    tcase_add_test(tc, searcher_params_and_wide_queries);
     tcase_add_test(tc, quantisation_never_zero);
     tcase_add_test(tc, invalid_inputs);
     tcase_add_test(tc, batch_matches_single);

@@ -261,8 +261,11 @@ KD_API kd_status kd_sparse_index_search(kd_context *ctx, const kd_sparse_index *
  * searcher allocates it once, keeps it between queries and grows it when a
  * query needs more (more distinct terms, a larger k, or the exhaustive
  * algorithm's per-document accumulators), so a stream of queries of similar
- * size allocates nothing after the first. Results are identical to
- * kd_sparse_index_search's.
+ * size allocates nothing after the first. It also keeps each document's
+ * BM25 length normalisation for the k1 and b of the last BM25 query
+ * (4 bytes per indexed document, computed by the first BM25 query and again
+ * when k1 or b change), which one-shot searches compute posting by posting.
+ * Results are identical to kd_sparse_index_search's, bit for bit.
  *
  * Ownership: idx is borrowed and must outlive the searcher. ctx (NULL: the
  * index's context) is kept: it receives the scratch allocations and the error

@@ -149,7 +149,13 @@ kd_status kd__spx_open_image(kd_context *ctx, kd_sparse_index *idx);
 typedef struct kd__spx_scratch kd__spx_scratch;
 
 /* Allocates scratch for queries of at most nterms distinct terms + tokens
- * and at most k results (exhaustive: also per-document accumulators). */
+ * and at most k results. exhaustive: bit 0 (1) adds the per-document
+ * accumulators of the exhaustive search; KD__SPX_SCRATCH_DOCTAB a
+ * per-document BM25 table (8 bytes per document, filled by the first BM25
+ * query and again when k1 or b change), which saves each posting the
+ * length normalisation and, at tf 1, the division (for scratch reused
+ * across many queries). */
+#define KD__SPX_SCRATCH_DOCTAB 2
 kd_status kd__spx_scratch_create(kd_context *ctx, const kd_sparse_index *idx, size_t nterms,
                                  size_t k, int exhaustive, kd__spx_scratch **out);
 void kd__spx_scratch_destroy(kd_context *ctx, kd__spx_scratch *s);

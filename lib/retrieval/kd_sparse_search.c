@@ -14,12 +14,16 @@
  * smaller doc id in every algorithm.
  *
  * Speed. Blocks are skipped through the block table without decoding; a
- * decoded block's doc gaps are unpacked with one unaligned 64-bit load per
- * value, and its values (impacts, term frequencies) only when a posting of
- * the block is scored. MaxScore works on windows of documents (see
- * run_maxscore); BMW keeps cursors sorted incrementally and caches each
- * cursor's shallow block bound; the exhaustive oracle scores block by block
- * into accumulators that it resets only where it wrote.
+ * decoded block's doc gaps are unpacked eight at a time (AVX2 when the CPU
+ * has it, else one unaligned 64-bit load per value), and its values
+ * (impacts, term frequencies) only when a posting of the block is scored.
+ * A BM25 value is w (tf (k1 + 1)) / (tf + norm_d) with w = qtf idf per
+ * query term and norm_d = k1 (1 - b + b dl / avgdl) per document, taken
+ * from a per-document table by searchers (kd_sparse_searcher). MaxScore
+ * works on windows of documents (see run_maxscore); BMW keeps cursors
+ * sorted incrementally and caches each cursor's shallow block bound; the
+ * exhaustive oracle scores block by block into accumulators that it resets
+ * only where it wrote.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -45,9 +49,11 @@ typedef struct cursor {
     uint32_t doc;     /* current doc or KD_SPX_END */
     uint32_t qq;      /* learned: quantised query weight */
     float idf, qtf;   /* BM25 */
+    float w;          /* BM25: qtf * idf, the factor of every posting's value */
     uint32_t slot;    /* BM25: index in ascending token order */
     double ub;        /* weighted upper bound over the list */
     double ubk;       /* learned: weighted score per impact unit */
+    double bk;        /* BM25: wbm qtf idf (k1 + 1), the factor of its bounds */
     /* shallow pointer (block-max bounds without decoding): block sblk covers
      * docs [s_first, s_last] and bounds them by s_bound; targets only grow */
     uint32_t sblk, s_first, s_last;
@@ -56,11 +62,18 @@ typedef struct cursor {
     uint32_t vals[KD_SPX_BLOCK];
 } cursor;
 
+/* Per document, for given k1 and b: norm = k1 (1 - b + b dl / avgdl),
+ * computed by the very function the search uses (doc_norm), so a value read
+ * from the table is the value doc_norm would compute, bit for bit. */
+typedef float dnorm;
+
 typedef struct sparams {
     const kd__spx_doc *dtab;
+    const dnorm *dn; /* [n_docs] or NULL: each norm is computed from dtab */
     double unit;  /* learned: score per integer unit (weight_sparse included) */
     float wbm;
     float k1, k1p1, b1, bavg;
+    double dk1, db1, dbavg; /* the same in double, for bounds */
     double slack; /* 1 + relative slack */
 } sparams;
 
@@ -96,6 +109,11 @@ struct kd__spx_scratch {
     float *bacc;
     uint8_t *seen;
     uint32_t *touched;
+    /* per-document BM25 table (searchers only), valid for (dn_k1, dn_b) */
+    dnorm *dn;
+    size_t dn_docs;
+    int dn_ok;
+    float dn_k1, dn_b;
 };
 
 /* ---- configuration ---------------------------------------------------- */
@@ -140,6 +158,7 @@ kd_status kd__spx_search_config(kd_context *ctx, const kd_sparse_search_config *
 void kd__spx_scratch_destroy(kd_context *ctx, kd__spx_scratch *s)
 {
     if (!s) return;
+    kd__free(ctx, s->dn);
     kd__free(ctx, s->touched);
     kd__free(ctx, s->seen);
     kd__free(ctx, s->bacc);
@@ -181,12 +200,12 @@ kd_status kd__spx_scratch_create(kd_context *ctx, const kd_sparse_index *idx, si
     s->qp = (qpair *)kd__calloc(ctx, nt, sizeof *s->qp);
     s->qt = (uint32_t *)kd__calloc(ctx, nt, sizeof *s->qt);
     s->heap = (hent *)kd__calloc(ctx, nk, sizeof *s->heap);
-    /* MaxScore window: up to 2048 documents (no more than the index has,
+    /* MaxScore window: up to 1024 documents (no more than the index has,
      * rounded up to 64); run_maxscore narrows it for queries with many BM25
      * slots so that the per-(document, slot) values stay within 64 KiB
      * (window_size). All of it is zeroed once here and left zeroed by every
      * search, so a reused scratch needs no clearing. */
-    uint32_t win = 2048;
+    uint32_t win = 1024;
     while (win > 64 && win / 2 >= idx->n_docs) win /= 2;
     s->win = win;
     s->wisum = (int64_t *)kd__calloc(ctx, win, sizeof *s->wisum);
@@ -195,7 +214,7 @@ kd_status kd__spx_scratch_create(kd_context *ctx, const kd_sparse_index *idx, si
     s->wmask = (uint64_t *)kd__calloc(ctx, win, sizeof *s->wmask);
     s->wslot = (float *)kd__calloc(ctx, nt > 256 ? 64 * nt : 16384, sizeof *s->wslot);
     int ok = s->wisum && s->west && s->wbits && s->wmask && s->wslot && s->cur && s->ps && s->order && s->cum && s->bcum && s->slots && s->qp && s->qt && s->heap;
-    if (ok && exhaustive) {
+    if (ok && (exhaustive & 1)) {
         size_t nd = idx->n_docs ? idx->n_docs : 1;
         s->cap_docs = idx->n_docs;
         s->isum = (int64_t *)kd__calloc(ctx, nd, sizeof *s->isum);
@@ -203,6 +222,11 @@ kd_status kd__spx_scratch_create(kd_context *ctx, const kd_sparse_index *idx, si
         s->seen = (uint8_t *)kd__calloc(ctx, nd, sizeof *s->seen);
         s->touched = (uint32_t *)kd__calloc(ctx, nd, sizeof *s->touched);
         ok = s->isum && s->bacc && s->seen && s->touched;
+    }
+    if (ok && (exhaustive & KD__SPX_SCRATCH_DOCTAB) && idx->n_docs) {
+        s->dn = (dnorm *)kd__calloc(ctx, idx->n_docs, sizeof *s->dn);
+        s->dn_docs = idx->n_docs;
+        ok = s->dn != NULL;
     }
     if (!ok) {
         kd__spx_scratch_destroy(ctx, s);
@@ -222,6 +246,20 @@ kd_status kd__spx_scratch_create(kd_context *ctx, const kd_sparse_index *idx, si
 #else
 #define SPX_ALWAYS_INLINE inline
 #endif
+#if defined(__GNUC__)
+#define SPX_NOINLINE __attribute__((noinline))
+#else
+#define SPX_NOINLINE
+#endif
+/* the eight values of a group are unrolled so that each load offset and
+ * shift is a constant (GCC does not unroll these at -O2 by itself) */
+#if defined(__GNUC__) && !defined(__clang__) && __GNUC__ >= 8
+#define SPX_UNROLL8 _Pragma("GCC unroll 8")
+#elif defined(__clang__)
+#define SPX_UNROLL8 _Pragma("unroll 8")
+#else
+#define SPX_UNROLL8
+#endif
 
 /* The 64-bit-load decoder for a width w the compiler knows: eight values
  * span exactly w bytes, so within a group of eight every load offset and
@@ -230,16 +268,18 @@ static SPX_ALWAYS_INLINE void unpack_w(const unsigned char *p, uint32_t n, const
                                        uint32_t *out)
 {
     const uint64_t mask = w >= 32 ? 0xFFFFFFFFull : ((1ull << w) - 1);
-    uint32_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const unsigned char *q = p + (size_t)(i / 8) * w;
+    size_t i = 0;
+    const unsigned char *q = p;
+    for (; i + 8 <= n; i += 8, q += w, out += 8) {
+        SPX_UNROLL8
         for (unsigned j = 0; j < 8; j++) {
             uint64_t x;
             memcpy(&x, q + ((j * w) >> 3), 8);
-            out[i + j] = (uint32_t)((x >> ((j * w) & 7)) & mask);
+            out[j] = (uint32_t)((x >> ((j * w) & 7)) & mask);
         }
     }
-    size_t bit = (size_t)i * w;
+    out -= i;
+    size_t bit = i * w;
     for (; i < n; i++) {
         uint64_t x;
         memcpy(&x, p + (bit >> 3), 8);
@@ -255,17 +295,19 @@ static SPX_ALWAYS_INLINE void unpack_gaps_w(const unsigned char *p, uint32_t n, 
 {
     const uint64_t mask = w >= 32 ? 0xFFFFFFFFull : ((1ull << w) - 1);
     uint32_t d = base - 1u;
-    uint32_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-        const unsigned char *q = p + (size_t)(i / 8) * w;
+    size_t i = 0;
+    const unsigned char *q = p;
+    for (; i + 8 <= n; i += 8, q += w, out += 8) {
+        SPX_UNROLL8
         for (unsigned j = 0; j < 8; j++) {
             uint64_t x;
             memcpy(&x, q + ((j * w) >> 3), 8);
             d += (uint32_t)((x >> ((j * w) & 7)) & mask) + 1u;
-            out[i + j] = d;
+            out[j] = d;
         }
     }
-    size_t bit = (size_t)i * w;
+    out -= i;
+    size_t bit = i * w;
     for (; i < n; i++) {
         uint64_t x;
         memcpy(&x, p + (bit >> 3), 8);
@@ -274,6 +316,61 @@ static SPX_ALWAYS_INLINE void unpack_gaps_w(const unsigned char *p, uint32_t n, 
         bit += w;
     }
 }
+
+/* AVX2 unpacking (x86-64 GCC or clang, hosted builds; chosen at run time):
+ * eight values of w <= 16 bits per step, each lane picking its four bytes
+ * with one shuffle of two 16-byte loads and shifting them into place with
+ * a per-lane shift; the doc-gap variant adds the prefix sum (two in-lane
+ * shifted adds, then the low half's total into the high half). Integer
+ * only, so the results are those of the scalar decoders exactly. Reads up
+ * to 16 bytes past the packed bytes of the last full group: callers check
+ * that these are inside the buffer. */
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__)) && !defined(KD_EMBEDDED)
+#define SPX_AVX2 1
+#include <immintrin.h>
+
+#define SPX_AVX2_FN __attribute__((target("avx2")))
+
+/* Unpacks groups x 8 values of w (1..16) bits from p; prefix: out[i] = d
+ * after d += value + 1 from d = base - 1, else the values. */
+static SPX_AVX2_FN void unpack8_avx2(const unsigned char *p, size_t groups, unsigned w, int prefix,
+                                     uint32_t base, uint32_t *out)
+{
+    const int b4 = (int)((4 * w) >> 3); /* byte offset of the high half's load */
+    __m256i bit = _mm256_mullo_epi32(_mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7), _mm256_set1_epi32((int)w));
+    bit = _mm256_sub_epi32(bit, _mm256_setr_epi32(0, 0, 0, 0, 8 * b4, 8 * b4, 8 * b4, 8 * b4));
+    const __m256i ctl = _mm256_add_epi32(_mm256_mullo_epi32(_mm256_srli_epi32(bit, 3), _mm256_set1_epi32(0x01010101)),
+                                         _mm256_set1_epi32(0x03020100));
+    const __m256i sh = _mm256_and_si256(bit, _mm256_set1_epi32(7));
+    const __m256i mask = _mm256_set1_epi32((int)((1u << w) - 1u));
+    const __m256i one = _mm256_set1_epi32(1), i3 = _mm256_set1_epi32(3), i7 = _mm256_set1_epi32(7);
+    __m256i carry = _mm256_set1_epi32((int)(base - 1u));
+    for (size_t g = 0; g < groups; g++, p += w, out += 8) {
+        __m128i a = _mm_loadu_si128((const __m128i *)(const void *)p);
+        __m128i b = _mm_loadu_si128((const __m128i *)(const void *)(p + b4));
+        __m256i x = _mm256_inserti128_si256(_mm256_castsi128_si256(a), b, 1);
+        x = _mm256_and_si256(_mm256_srlv_epi32(_mm256_shuffle_epi8(x, ctl), sh), mask);
+        if (prefix) {
+            x = _mm256_add_epi32(x, one);
+            x = _mm256_add_epi32(x, _mm256_slli_si256(x, 4));
+            x = _mm256_add_epi32(x, _mm256_slli_si256(x, 8));
+            __m256i lo = _mm256_permutevar8x32_epi32(x, i3);
+            x = _mm256_add_epi32(x, _mm256_blend_epi32(_mm256_setzero_si256(), lo, 0xF0));
+            x = _mm256_add_epi32(x, carry);
+            carry = _mm256_permutevar8x32_epi32(x, i7);
+        }
+        _mm256_storeu_si256((__m256i *)(void *)out, x);
+    }
+}
+
+/* 1 when unpack8_avx2 may decode n values of w bits at p (buffer end). */
+static inline int use_avx2(const unsigned char *p, const unsigned char *end, uint32_t n, unsigned w,
+                           size_t bytes)
+{
+    return w >= 1 && w <= 16 && n >= 8 && (size_t)(end - p) >= bytes + 16 &&
+           __builtin_cpu_supports("avx2");
+}
+#endif
 
 /* Doc ids of a block: gaps of w bits at p, the first relative to base. */
 static void unpack_docs(const unsigned char *p, const unsigned char *end, uint32_t n, unsigned w,
@@ -289,6 +386,21 @@ static void unpack_docs(const unsigned char *p, const unsigned char *end, uint32
         }
         return;
     }
+#if defined(SPX_AVX2)
+    if (use_avx2(p, end, n, w, bytes)) {
+        size_t g = n / 8;
+        unpack8_avx2(p, g, w, 1, base, out);
+        uint32_t d = out[8 * g - 1];
+        const uint64_t mask = (1ull << w) - 1;
+        for (size_t i = 8 * g, bit = i * w; i < n; i++, bit += w) {
+            uint64_t x;
+            memcpy(&x, p + (bit >> 3), 8);
+            d += (uint32_t)((x >> (bit & 7)) & mask) + 1u;
+            out[i] = d;
+        }
+        return;
+    }
+#endif
     switch (w) {
 #define SPX_W(W)                              \
     case W:                                   \
@@ -311,6 +423,19 @@ static inline void unpack_fast(const unsigned char *p, const unsigned char *end,
         kd__spx_unpack(p, n, w, out);
         return;
     }
+#if defined(SPX_AVX2)
+    if (use_avx2(p, end, n, w, bytes)) {
+        size_t g = n / 8;
+        unpack8_avx2(p, g, w, 0, 0, out);
+        const uint64_t mask = (1ull << w) - 1;
+        for (size_t i = 8 * g, bit = i * w; i < n; i++, bit += w) {
+            uint64_t x;
+            memcpy(&x, p + (bit >> 3), 8);
+            out[i] = (uint32_t)((x >> (bit & 7)) & mask);
+        }
+        return;
+    }
+#endif
     switch (w) {
 #define SPX_W(W)                     \
     case W:                          \
@@ -418,32 +543,56 @@ static inline void cur_next_geq(cursor *c, uint32_t target)
         }
         cur_decode(c, j);
     }
-    const uint32_t *docs = c->docs;
-    uint32_t pos = c->pos;
-    while (docs[pos] < target) pos++;
-    c->pos = pos;
-    c->doc = docs[pos];
+    /* first doc >= target in the block (its last one is; those before pos
+     * are below c->doc, so the whole block can be searched): a branch-free
+     * binary search of a fixed number of steps for full blocks, where a
+     * scan from pos ends at an unpredictable point */
+    const uint32_t *p = c->docs;
+    size_t len = c->n;
+    while (len > 1) {
+        size_t half = len / 2;
+        p += half & ((size_t)0 - (size_t)(p[half - 1] < target));
+        len -= half;
+    }
+    c->pos = (uint32_t)(p - c->docs);
+    c->doc = *p;
 }
 
-/* BM25 value of one posting. Every path calls this function. */
-static float bm25_value(const sparams *sp, const cursor *c, uint32_t tf, uint32_t dl)
+/* BM25 length normalisation of a document of dl tokens. */
+static inline float doc_norm(const sparams *sp, uint32_t dl)
 {
-    float t = (float)tf;
-    float num = t * sp->k1p1;
     float norm = sp->bavg * (float)dl;
     norm = sp->b1 + norm;
-    norm = sp->k1 * norm;
-    float den = t + norm;
-    float v = num / den;
-    v = c->idf * v;
-    return c->qtf * v;
+    return sp->k1 * norm;
 }
 
+/* BM25 term factor tf (k1 + 1) / (tf + norm). */
+static inline float bm25_tf(float k1p1, uint32_t tf, float norm)
+{
+    float t = (float)tf;
+    float num = t * k1p1;
+    float den = t + norm;
+    return num / den;
+}
+
+/* BM25 value of one posting (term weight w = qtf * idf, document d). Every
+ * path calls this function. (A table of the tf-1 values per document, to
+ * save most postings the division, was measured: fewer instructions, but
+ * no faster, the tf == 1 branch being unpredictable.) */
+static inline float bm25_value(const sparams *sp, float w, uint32_t tf, uint32_t d)
+{
+    float norm = sp->dn ? sp->dn[d] : doc_norm(sp, sp->dtab[d].len);
+    return w * bm25_tf(sp->k1p1, tf, norm);
+}
+
+/* Upper bound of c's weighted BM25 values over postings with tf <= maxtf in
+ * documents of at least minlen tokens, in double; c->bk = wbm qtf idf
+ * (k1 + 1) (set by the query preparation). */
 static double bm25_bound(const sparams *sp, const cursor *c, uint32_t maxtf, uint32_t minlen)
 {
     double t = (double)maxtf;
-    double den = t + (double)sp->k1 * ((double)sp->b1 + (double)sp->bavg * (double)minlen);
-    return (double)sp->wbm * (double)c->qtf * (double)c->idf * t * (double)sp->k1p1 / den;
+    double den = t + sp->dk1 * (sp->db1 + sp->dbavg * (double)minlen);
+    return c->bk * t / den;
 }
 
 static inline double bound_of(const sparams *sp, const cursor *c, uint32_t max_val, uint32_t min_len)
@@ -483,9 +632,11 @@ static float final_score(const sparams *sp, int64_t isum, float bm)
     return ls + bs;
 }
 
-/* Adds cursor c's posting at its current doc to (isum, slots); returns the
- * double estimate of the weighted contribution for pruning. */
-static inline double add_posting(const sparams *sp, cursor *c, int64_t *isum, float *slots)
+/* Adds cursor c's posting at its current doc to (isum, slots); BM25 slot i
+ * is slots[i * stride]. Returns the double estimate of the weighted
+ * contribution for pruning. */
+static inline double add_posting(const sparams *sp, cursor *c, int64_t *isum, float *slots,
+                                 size_t stride)
 {
     uint32_t v = cur_val(c);
     if (c->kind == 0) {
@@ -493,8 +644,8 @@ static inline double add_posting(const sparams *sp, cursor *c, int64_t *isum, fl
         *isum += x;
         return sp->unit * (double)x;
     }
-    float x = bm25_value(sp, c, v, sp->dtab[c->doc].len);
-    slots[c->slot] = x;
+    float x = bm25_value(sp, c->w, v, c->doc);
+    slots[c->slot * stride] = x;
     return (double)sp->wbm * (double)x;
 }
 
@@ -506,6 +657,17 @@ static inline float take_slots(float *slots, size_t n)
     for (size_t i = 0; i < n; i++) {
         b = b + slots[i];
         slots[i] = 0.0f;
+    }
+    return b;
+}
+
+/* The same for slots i * stride. */
+static inline float take_slots_strided(float *slots, size_t n, size_t stride)
+{
+    float b = 0.0f;
+    for (size_t i = 0; i < n; i++) {
+        b = b + slots[i * stride];
+        slots[i * stride] = 0.0f;
     }
     return b;
 }
@@ -581,17 +743,208 @@ static double window_bound(const sparams *sp, const cursor *c, uint32_t lo, uint
     return mv ? bound_of(sp, c, mv, ml) : 0.0;
 }
 
+/* Largest block bound of c's postings in [a, z] from c->doc on (block
+ * table only); 0 when c has none there. Moves the shallow pointer to z's
+ * block: calls to one cursor must come with non-decreasing a. */
+static double range_bound(const sparams *sp, cursor *c, uint32_t a, uint32_t z)
+{
+    if (c->doc > z) return 0.0;
+    double b = shallow_bound(sp, c, a > c->doc ? a : c->doc);
+    while (c->s_last < z) {
+        double x = shallow_bound(sp, c, c->s_last + 1);
+        if (x > b) b = x;
+    }
+    return b;
+}
+
+/* Scores the BM25 postings of c's decoded block from c->pos on that are
+ * below hi into the window [lo, hi): the value to col[doc - lo] (the
+ * column of c's slot), its double estimate added to west, the document's
+ * bit set in wbits and the slot's bit in wmask (when not NULL). Returns the
+ * position of the first posting not scored (c->n when none is left). The
+ * loop works on locals only: written inline in run_maxscore, its stores
+ * through float pointers made the compiler reload the cursor's fields for
+ * every posting. */
+static uint32_t window_bm25(const sparams *sp, cursor *c, uint32_t lo, uint32_t hi,
+                            uint64_t *restrict wbits, uint64_t *restrict wmask,
+                            float *restrict col, double *restrict west)
+{
+    cur_vals(c);
+    const uint32_t *docs = c->docs, *vals = c->vals;
+    uint32_t pos = c->pos;
+    const uint32_t cn = c->n;
+    const float w = c->w, k1p1 = sp->k1p1;
+    const double wbm = (double)sp->wbm;
+    const dnorm *dn = sp->dn;
+    if (dn && wmask) {
+        const uint64_t sbit = 1ull << c->slot;
+        for (; pos < cn; pos++) {
+            uint32_t d = docs[pos];
+            if (d >= hi) break;
+            uint32_t o = d - lo;
+            uint32_t tf = vals[pos] + 1;
+            /* = bm25_value(sp, w, tf, d) */
+            float x = w * bm25_tf(k1p1, tf, dn[d]);
+            wbits[o >> 6] |= 1ull << (o & 63);
+            wmask[o] |= sbit;
+            col[o] = x;
+            west[o] += wbm * (double)x;
+        }
+        return pos;
+    }
+    for (; pos < cn; pos++) {
+        uint32_t d = docs[pos];
+        if (d >= hi) break;
+        uint32_t o = d - lo;
+        float x = bm25_value(sp, w, vals[pos] + 1, d);
+        wbits[o >> 6] |= 1ull << (o & 63);
+        if (wmask) wmask[o] |= 1ull << c->slot;
+        col[o] = x;
+        west[o] += wbm * (double)x;
+    }
+    return pos;
+}
+
+/* The candidates of MaxScore's window [lo, hi) (documents set in wbits),
+ * in ascending doc order: bounds of the probed lists lord[0, fw), probes,
+ * scores offered to the heap; *dthr_io and *fe_io follow the threshold.
+ * Leaves the window's accumulators zeroed (rows excepted, see wmask).
+ * has_mask: wmask is not NULL. Called through the out-of-line functions
+ * below (inside run_maxscore its loop ran short of registers). */
+static SPX_ALWAYS_INLINE void window_candidates_body(const sparams *sp, kd__spx_scratch *s, size_t n,
+                                                     heap *hp, size_t nslots, uint32_t W, uint32_t lo,
+                                                     uint32_t hi, const uint32_t *lord, size_t fw,
+                                                     double wne, int learned, uint64_t *wmask,
+                                                     double *dthr_io, size_t *fe_io, const int has_mask)
+{
+    cursor *cur = s->cur;
+    uint64_t *wbits = s->wbits;
+    double *west = s->west;
+    float *wsl = s->wslot;
+    int64_t *wis = s->wisum;
+    double *bcum = s->bcum;
+    double dthr = *dthr_io;
+    size_t fe = *fe_io;
+    uint32_t nw = (hi - lo + 63) / 64;
+    for (uint32_t wi = 0; wi < nw; wi++) {
+        uint64_t bits = wbits[wi];
+        if (!bits) continue;
+        wbits[wi] = 0;
+        /* bound of the non-essential lists: the window's (wne) until a
+         * candidate of this 64-document group passes it, then the
+         * group's block bounds (bcum, computed once per group) */
+        double gne = wne;
+        int gready = 0;
+        while (bits) {
+            uint32_t o = wi * 64 + (uint32_t)__builtin_ctzll(bits);
+            bits &= bits - 1;
+            uint32_t d = lo + o;
+            double part = west[o];
+            west[o] = 0.0;
+            float *row = wsl + o; /* slot i at row[i * W] */
+            if (fw > 0) {
+                int out = part + gne <= dthr;
+                if (!out && !gready) {
+                    uint32_t ga = lo + wi * 64, gz = ga + 63 < hi - 1 ? ga + 63 : hi - 1;
+                    double b = 0.0;
+                    for (size_t i = 0; i < fw; i++) {
+                        b += range_bound(sp, &cur[lord[i]], ga, gz);
+                        bcum[i] = b;
+                    }
+                    gne = b;
+                    gready = 1;
+                    out = part + gne <= dthr;
+                }
+                if (out) {
+                    /* the common case: out before anything is read */
+                    if (has_mask) wmask[o] = 0;
+                    else (void)take_slots_strided(row, nslots, W);
+                    if (learned) wis[o] = 0;
+                    continue;
+                }
+            }
+            int64_t isum = 0;
+            if (learned) {
+                isum = wis[o];
+                wis[o] = 0;
+            }
+            int pruned = 0;
+            if (fw > 0) {
+                for (size_t i = fw; i-- > 0;) {
+                    if (part + bcum[i] <= dthr) {
+                        pruned = 1;
+                        break;
+                    }
+                    cursor *c = &cur[lord[i]];
+                    cur_next_geq(c, d);
+                    if (c->doc == d) {
+                        part += add_posting(sp, c, &isum, row, W);
+                        if (has_mask && c->kind) wmask[o] |= 1ull << c->slot;
+                    }
+                }
+            } else if (part <= dthr) {
+                pruned = 1;
+            }
+            /* with wmask, rows are not cleared: only the slots of
+             * wmask[o] are ever read, and each was written first */
+            float bsum = 0.0f;
+            if (has_mask) {
+                uint64_t m = wmask[o];
+                wmask[o] = 0;
+                if (!pruned)
+                    while (m) {
+                        unsigned i = (unsigned)__builtin_ctzll(m);
+                        m &= m - 1;
+                        bsum = bsum + row[(size_t)i * W];
+                    }
+            } else {
+                bsum = take_slots_strided(row, nslots, W);
+            }
+            if (!pruned) {
+                hent e = {final_score(sp, isum, bsum), d};
+                if (heap_offer(hp, e)) {
+                    dthr = (double)heap_thr(hp) / sp->slack;
+                    while (fe < n && s->cum[fe] <= dthr) fe++;
+                }
+            }
+        }
+    }
+    *dthr_io = dthr;
+    *fe_io = fe;
+}
+
+/* window_candidates_body for the common case (BM25 only, <= 64 slots) with
+ * its tests folded away, and for any other. */
+static SPX_NOINLINE void window_candidates_bm25(const sparams *sp, kd__spx_scratch *s, size_t n,
+                                                heap *hp, size_t nslots, uint32_t W, uint32_t lo,
+                                                uint32_t hi, const uint32_t *lord, size_t fw,
+                                                double wne, double *dthr_io, size_t *fe_io)
+{
+    window_candidates_body(sp, s, n, hp, nslots, W, lo, hi, lord, fw, wne, 0, s->wmask, dthr_io, fe_io, 1);
+}
+
+static SPX_NOINLINE void window_candidates(const sparams *sp, kd__spx_scratch *s, size_t n, heap *hp,
+                                           size_t nslots, uint32_t W, uint32_t lo, uint32_t hi,
+                                           const uint32_t *lord, size_t fw, double wne, int learned,
+                                           uint64_t *wmask, double *dthr_io, size_t *fe_io)
+{
+    window_candidates_body(sp, s, n, hp, nslots, W, lo, hi, lord, fw, wne, learned, wmask, dthr_io, fe_io,
+                           wmask != NULL);
+}
+
 /* MaxScore over doc windows (as Lucene's MaxScoreBulkScorer does): lists are
  * sorted by upper bound; those whose bounds together cannot reach the
  * threshold are non-essential. Essential lists are scored term at a time into
  * small accumulators covering a window of s->win documents (cache resident,
  * no per-document merge over cursors); then each document of the window that
- * any essential list matched, in ascending order, gets the block-max bounds
- * of the non-essential lists (block table only, nothing decoded) and, unless
- * that bound is already below the threshold, probes them from the largest
- * bound down while the remaining block bounds could still lift it over. BM25
- * values are kept per (document, slot) so the final float sum is taken in
- * ascending slot order exactly as every other path does. */
+ * any essential list matched, in ascending order, is tested against the
+ * non-essential lists' window bounds, then against their block-max bounds
+ * over its group of 64 documents (block table only, nothing decoded,
+ * computed once per group), and unless that is already below the threshold,
+ * probes them from the largest bound down while the remaining bounds could
+ * still lift it over (window_candidates). BM25 values are kept per
+ * (document, slot) so the final float sum is taken in ascending slot order
+ * exactly as every other path does. */
 static void run_maxscore(const sparams *sp, kd__spx_scratch *s, size_t n, heap *hp, size_t nslots)
 {
     cursor *cur = s->cur;
@@ -611,20 +964,24 @@ static void run_maxscore(const sparams *sp, kd__spx_scratch *s, size_t n, heap *
         acc += cur[ord[i]].ub;
         s->cum[i] = acc;
     }
-    double *bcum = s->bcum;
-    float thr = -INFINITY;
-    double dthr = -INFINITY; /* thr / slack: prune when bound <= dthr */
+    double dthr = -INFINITY; /* k-th score / slack: prune when bound <= dthr */
     size_t fe = 0;           /* first essential list in ord */
     uint32_t W = s->win; /* window: W x nslots <= 16384 floats (or W = 64) */
     while (W > 64 && (size_t)W * nslots > 16384) W /= 2;
     int64_t *wis = s->wisum;
     double *west = s->west;
     uint64_t *wbits = s->wbits;
-    float *wsl = s->wslot; /* W x nslots */
+    float *wsl = s->wslot; /* nslots x W: slot i of window document o at i * W + o */
     /* with at most 64 slots, a per-document mask of the slots written lets
      * the sum (and the clearing) visit only those: absent slots hold +0.0f,
      * and skipping them leaves every float sum bit-identical */
     uint64_t *wmask = nslots <= 64 ? s->wmask : NULL;
+    /* rows of the window are left uncleared by queries with wmask; a query
+     * without reads (and clears) every slot of a row, so it starts from
+     * zeros */
+    if (!wmask) memset(wsl, 0, (size_t)W * nslots * sizeof *wsl);
+    int learned = 0; /* any learned list: else wis stays zero untouched */
+    for (size_t i = 0; i < n; i++) learned |= cur[i].kind == 0;
     uint32_t done = 0; /* documents below this were scored in earlier windows */
     for (;;) {
         uint32_t lo = KD_SPX_END;
@@ -673,20 +1030,7 @@ static void run_maxscore(const sparams *sp, kd__spx_scratch *s, size_t n, heap *
                         west[o] += ubk * (double)vp[pos];
                     }
                 } else {
-                    cur_vals(c);
-                    const uint64_t sbit = wmask ? 1ull << c->slot : 0;
-                    uint64_t *wm = wmask ? wmask : wbits; /* a dummy target when unused */
-                    const size_t msk = wmask ? ~(size_t)0 : 0;
-                    for (; pos < cn && docs[pos] < hi; pos++) {
-                        uint32_t o = docs[pos] - lo;
-                        c->pos = pos;
-                        c->doc = docs[pos];
-                        float x = bm25_value(sp, c, c->vals[pos] + 1, sp->dtab[docs[pos]].len);
-                        wbits[o >> 6] |= 1ull << (o & 63);
-                        wm[o & msk] |= sbit;
-                        wsl[(size_t)o * nslots + c->slot] = x;
-                        west[o] += (double)sp->wbm * (double)x;
-                    }
+                    pos = window_bm25(sp, c, lo, hi, wbits, wmask, wsl + (size_t)c->slot * W, west);
                 }
                 if (pos < cn) {
                     c->pos = pos;
@@ -699,73 +1043,10 @@ static void run_maxscore(const sparams *sp, kd__spx_scratch *s, size_t n, heap *
                 }
             }
         }
-        /* candidates of the window in ascending doc order */
-        uint32_t nw = (hi - lo + 63) / 64;
-        for (uint32_t wi = 0; wi < nw; wi++) {
-            uint64_t bits = wbits[wi];
-            if (!bits) continue;
-            wbits[wi] = 0;
-            while (bits) {
-                uint32_t o = wi * 64 + (uint32_t)__builtin_ctzll(bits);
-                bits &= bits - 1;
-                uint32_t d = lo + o;
-                double part = west[o];
-                int64_t isum = wis[o];
-                float *row = wsl + (size_t)o * nslots;
-                int pruned = 0;
-                if (fw > 0 && part + wne <= dthr) {
-                    pruned = 1;
-                } else if (fw > 0) {
-                    double b = 0.0;
-                    for (size_t i = 0; i < fw; i++) {
-                        cursor *c = &cur[lord[i]];
-                        if (c->doc <= d) b += shallow_bound(sp, c, d);
-                        bcum[i] = b;
-                    }
-                    if (part + b <= dthr) {
-                        pruned = 1;
-                    } else {
-                        for (size_t i = fw; i-- > 0;) {
-                            if (part + bcum[i] <= dthr) {
-                                pruned = 1;
-                                break;
-                            }
-                            cursor *c = &cur[lord[i]];
-                            cur_next_geq(c, d);
-                            if (c->doc == d) {
-                                part += add_posting(sp, c, &isum, row);
-                                if (wmask && c->kind) wmask[o] |= 1ull << c->slot;
-                            }
-                        }
-                    }
-                } else if (part <= dthr) {
-                    pruned = 1;
-                }
-                float bsum = 0.0f;
-                if (wmask) {
-                    uint64_t m = wmask[o];
-                    wmask[o] = 0;
-                    while (m) {
-                        unsigned i = (unsigned)__builtin_ctzll(m);
-                        m &= m - 1;
-                        bsum = bsum + row[i];
-                        row[i] = 0.0f;
-                    }
-                } else {
-                    bsum = take_slots(row, nslots);
-                }
-                if (!pruned) {
-                    hent e = {final_score(sp, isum, bsum), d};
-                    if (heap_offer(hp, e)) {
-                        thr = heap_thr(hp);
-                        dthr = (double)thr / sp->slack;
-                        while (fe < n && s->cum[fe] <= dthr) fe++;
-                    }
-                }
-                wis[o] = 0;
-                west[o] = 0.0;
-            }
-        }
+        if (wmask && !learned)
+            window_candidates_bm25(sp, s, n, hp, nslots, W, lo, hi, lord, fw, wne, &dthr, &fe);
+        else
+            window_candidates(sp, s, n, hp, nslots, W, lo, hi, lord, fw, wne, learned, wmask, &dthr, &fe);
         if (fe == n) break;
     }
 }
@@ -824,7 +1105,7 @@ static void run_bmw(const sparams *sp, kd__spx_scratch *s, size_t n, heap *hp, s
         if (bs > dthr) {
             if (ps[0]->doc == pd) {
                 int64_t isum = 0;
-                for (size_t i = 0; i <= p; i++) add_posting(sp, ps[i], &isum, slots);
+                for (size_t i = 0; i <= p; i++) add_posting(sp, ps[i], &isum, slots, 1);
                 hent e = {final_score(sp, isum, take_slots(slots, nslots)), pd};
                 if (heap_offer(hp, e)) {
                     thr = heap_thr(hp);
@@ -883,7 +1164,7 @@ static size_t run_exhaustive(const sparams *sp, kd__spx_scratch *s, size_t n, he
                 if (c->kind == 0) {
                     isum[d] += (int64_t)c->qq * (int64_t)c->vp[j];
                 } else {
-                    float x = bm25_value(sp, c, cur_val(c), sp->dtab[d].len);
+                    float x = bm25_value(sp, c->w, c->vals[j] + 1, d);
                     bacc[d] = bacc[d] + x;
                 }
             }
@@ -1026,6 +1307,18 @@ kd_status kd__spx_search_core(const kd_sparse_index *idx, const kd_sparse_search
         sp.k1p1 = cfg->bm25_k1 + 1.0f;
         sp.b1 = 1.0f - cfg->bm25_b;
         sp.bavg = (float)((double)cfg->bm25_b / avgdl);
+        sp.dk1 = (double)sp.k1;
+        sp.db1 = (double)sp.b1;
+        sp.dbavg = (double)sp.bavg;
+        if (s->dn && s->dn_docs == idx->n_docs) {
+            if (!s->dn_ok || s->dn_k1 != cfg->bm25_k1 || s->dn_b != cfg->bm25_b) {
+                for (uint32_t d = 0; d < idx->n_docs; d++) s->dn[d] = doc_norm(&sp, idx->docs[d].len);
+                s->dn_k1 = cfg->bm25_k1;
+                s->dn_b = cfg->bm25_b;
+                s->dn_ok = 1;
+            }
+            sp.dn = s->dn;
+        }
         for (size_t i = 0; i < ntokens;) {
             uint32_t t = s->qt[i];
             uint32_t qtf = 0;
@@ -1039,6 +1332,8 @@ kd_status kd__spx_search_core(const kd_sparse_index *idx, const kd_sparse_search
             double N = (double)idx->n_docs, df = (double)tr->df;
             c->idf = (float)log(1.0 + (N - df + 0.5) / (df + 0.5));
             c->qtf = (float)qtf;
+            c->w = c->qtf * c->idf;
+            c->bk = (double)sp.wbm * (double)c->qtf * (double)c->idf * (double)sp.k1p1;
             c->slot = (uint32_t)nslots++;
             cur_open(c, &idx->f[1], tr, 1);
         }
@@ -1123,9 +1418,20 @@ static kd_status search_with(kd_context *ctx, const kd_sparse_index *idx, kd__sp
             if (s->cap_docs >= idx->n_docs && idx->n_docs) want_exh = 1;
         }
         if (grow && want_t < 16) want_t = 16;
+        /* a searcher's scratch keeps the per-document BM25 table (moved
+         * over from the scratch it replaces) */
+        int flags = want_exh | (grow && !(s && s->dn) ? KD__SPX_SCRATCH_DOCTAB : 0);
         kd__spx_scratch *ns = NULL;
-        st = kd__spx_scratch_create(ctx, idx, want_t, want_k, want_exh, &ns);
+        st = kd__spx_scratch_create(ctx, idx, want_t, want_k, flags, &ns);
         if (st != KD_OK) return kd__fail(ctx, st, "kd_sparse_index_search: out of memory for scratch");
+        if (s && s->dn) {
+            ns->dn = s->dn;
+            ns->dn_docs = s->dn_docs;
+            ns->dn_ok = s->dn_ok;
+            ns->dn_k1 = s->dn_k1;
+            ns->dn_b = s->dn_b;
+            s->dn = NULL;
+        }
         kd__spx_scratch_destroy(ctx, s);
         *sp = s = ns;
     }
