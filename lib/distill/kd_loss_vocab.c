@@ -122,6 +122,37 @@ KD_INLINE v16 vexp(v16 x)
     return sel(ok, vexp_core(x));
 }
 
+/* exp(max(x, -87)) for x <= 88: about 1.6e-38 instead of 0 at or below
+ * -87 and for -inf; for sums that include an entry of at least 1 (the
+ * log-sum-exp's maximum) and for rows without -inf. The clamp is an
+ * unsigned minimum of the bit patterns (they order the floats >= +0 below
+ * every negative one, the negative ones by magnitude): two instructions
+ * with AVX-512 against vexp's three, but lowered lane by lane by GCC 12
+ * without it (kd_simd.h), so only the x86-64-v4 clone takes it (clamp512). */
+KD_INLINE v16 vexp_lo(v16 x)
+{
+    kd_v16w b = (kd_v16w)x, lim = (kd_v16w)splat(-87.0f);
+    v16i lt = (v16i)(b < lim);
+    return vexp_core((v16)((lt & (v16i)b) | (~lt & (v16i)lim)));
+}
+/* vexp_lo when c (a constant after inlining), else vexp */
+#define VEXPC(c, x) ((c) ? vexp_lo(x) : vexp(x))
+
+/* 1 when the AVX-512 clones run (the resolver of target_clones picks
+ * x86-64-v4 on such CPUs): the kernels then take vexp_lo. Checked per row;
+ * the other clones compile the clamped variant too but never run it. */
+int kd__vocab_generic = 0;
+static int clamp512(void)
+{
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(KD_EMBEDDED)
+    return !kd__vocab_generic && __builtin_cpu_supports("avx512f") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512cd") &&
+           __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
+#else
+    return 0;
+#endif
+}
+
 /* log(1 + y) for y in [0, 1]: 2 atanh(y / (2 + y)), series to s^13. */
 KD_INLINE v16 vlog1p01(v16 y)
 {
@@ -190,9 +221,40 @@ KD_INLINE float block_max(const float *x, size_t m)
     return r;
 }
 
-KD_INLINE void lse_block(const float *x, size_t m, float it, float *run_max, double *run_sum)
+/* block_max in 16-lane vectors (one instruction per compare with AVX-512;
+ * the other clones lower it lane by lane): signed maximum and signed
+ * minimum of the patterns, as block_max. For the x86-64-v4 clone. */
+KD_INLINE float block_max16(const float *x, size_t m)
 {
-    float bm = block_max(x, m) * it;
+    v16i smax = (v16i)splat(-0.0f), smin = ~(v16i)splat(-0.0f);
+    size_t j = 0;
+    for (; j + 16 <= m; j += 16) {
+        v16i b = (v16i)ld(x + j);
+        v16i gt = b > smax, lt = b < smin;
+        smax = (gt & b) | (~gt & smax);
+        smin = (lt & b) | (~lt & smin);
+    }
+    /* the rest (-inf when empty: as a pattern it only wins when nothing
+     * else is there, -inf being the negative float of largest magnitude) */
+    float r = block_max(x + j, m - j);
+    int32_t hi[16], lo[16], R, S = INT32_MIN, L = INT32_MAX;
+    memcpy(hi, &smax, sizeof hi);
+    memcpy(lo, &smin, sizeof lo);
+    memcpy(&R, &r, sizeof R);
+    if (R >= 0) S = R;
+    else L = R;
+    for (int i = 0; i < 16; i++) {
+        S = hi[i] > S ? hi[i] : S;
+        L = lo[i] < L ? lo[i] : L;
+    }
+    memcpy(&r, S >= 0 ? &S : &L, sizeof r);
+    return r;
+}
+
+KD_INLINE void lse_block(const int c, const float *x, size_t m, float it, float *run_max,
+                         double *run_sum)
+{
+    float bm = (c ? block_max16(x, m) : block_max(x, m)) * it;
     if (bm == -INFINITY) return;
     if (bm > *run_max) {
         *run_sum *= exp((double)*run_max - (double)bm);
@@ -200,23 +262,29 @@ KD_INLINE void lse_block(const float *x, size_t m, float it, float *run_max, dou
     }
     v16 acc = splat(0), vit = splat(it), mx = splat(*run_max);
     size_t j = 0;
-    for (; j + 16 <= m; j += 16) acc += vexp(ld(x + j) * vit - mx);
-    if (j < m) acc += vexp(ldp(x + j, m - j, -INFINITY) * vit - mx);
+    for (; j + 16 <= m; j += 16) acc += VEXPC(c, ld(x + j) * vit - mx);
+    if (j < m) acc += VEXPC(c, ldp(x + j, m - j, -INFINITY) * vit - mx);
     *run_sum += hsum(acc);
 }
 
-KD_CLONES static void lse_pass(const float *s, const float *t, size_t n, float it, double *ls,
-                               double *lt)
+KD_INLINE void lse_pass_k(const int c, const float *s, const float *t, size_t n, float it,
+                          double *ls, double *lt)
 {
     float ms = -INFINITY, mt = -INFINITY;
     double ss = 0, sum_t = 0;
     for (size_t b = 0; b < n; b += BLK) {
         size_t m = n - b < BLK ? n - b : BLK;
-        lse_block(s + b, m, it, &ms, &ss);
-        if (t) lse_block(t + b, m, it, &mt, &sum_t);
+        lse_block(c, s + b, m, it, &ms, &ss);
+        if (t) lse_block(c, t + b, m, it, &mt, &sum_t);
     }
     *ls = ms == -INFINITY ? -INFINITY : (double)ms + log(ss);
     if (t) *lt = mt == -INFINITY ? -INFINITY : (double)mt + log(sum_t);
+}
+KD_CLONES static void lse_pass(const float *s, const float *t, size_t n, float it, double *ls,
+                               double *lt)
+{
+    if (clamp512()) lse_pass_k(1, s, t, n, it, ls, lt);
+    else lse_pass_k(0, s, t, n, it, ls, lt);
 }
 
 /* TAID's mixed logits a s + b t (a = (1 - w) / T, b = w / T), -inf where
@@ -257,7 +325,7 @@ KD_CLONES static void lse_pass_mix(const float *s, const float *t, size_t n, flo
     double ss = 0, sm = 0;
     for (size_t o = 0; o < n; o += BLK) {
         size_t m = n - o < BLK ? n - o : BLK;
-        lse_block(s + o, m, it, &ms, &ss);
+        lse_block(0, s + o, m, it, &ms, &ss);
         lse_block_mix(s + o, t + o, m, a, b, &mm, &sm);
     }
     *ls = ms == -INFINITY ? -INFINITY : (double)ms + log(ss);
@@ -272,8 +340,10 @@ typedef struct {
 } dconst;
 
 /* One vector of pass 2. Returns the value term; *gdelta gets the gradient
- * term (pass-2 part), *gsum_part the G_j of RKL / JSD. nm: no -inf in the
- * rows (then no select is needed to keep 0 * -inf out of the value). */
+ * term (pass-2 part), *gsum_part the G_j of RKL / JSD. nm (a constant
+ * after inlining): 0 rows may hold -inf; 1 they do not, so no select is
+ * needed to keep 0 * -inf out of the value; 2 as 1, and the exps are
+ * clamped instead of masked (AVX-512 clones, clamp512). */
 KD_INLINE v16 p2_vec(const int kind, const int nm, const dconst *k, v16 sv, v16 tv, v16 *gdelta,
                      v16 *gpart)
 {
@@ -283,7 +353,7 @@ KD_INLINE v16 p2_vec(const int kind, const int nm, const dconst *k, v16 sv, v16 
     if (kind == KD__DIV_FKL) { /* one FMA per log-probability */
         lq = sv * splat(k->it) - splat(k->cs), lp = tv * splat(k->it) - splat(k->ct);
     }
-    q = vexp(lq), p = vexp(lp);
+    q = VEXPC(nm == 2, lq), p = VEXPC(nm == 2, lp);
     switch (kind) {
     case KD__DIV_FKL:
         val = p * (lp - lq);
@@ -354,7 +424,7 @@ KD_INLINE void pass3(const int kind, const int nm, const dconst *k, const float 
     for (size_t j = 0; j < n; j += 16) {
         size_t r = n - j < 16 ? n - j : 16;
         v16 sv = r == 16 ? ld(s + j) : ldp(s + j, r, -INFINITY);
-        v16 z = sv * splat(k->it), q = vexp(z - splat(k->cs)), d;
+        v16 z = sv * splat(k->it), q = VEXPC(nm == 2, z - splat(k->cs)), d;
         if (kind == KD__DIV_RKL) {
             v16 tv = r == 16 ? ld(t + j) : ldp(t + j, r, -INFINITY);
             v16 u = tv * splat(k->it);
@@ -367,7 +437,7 @@ KD_INLINE void pass3(const int kind, const int nm, const dconst *k, const float 
     }
 }
 
-/* Each kernel is specialised for rows with and without -inf (nm). */
+/* Each kernel is specialised for the three nm cases of p2_vec. */
 #define DENSE_FN(name, body)                                                                   \
     KD_INLINE void name##_k(const int nm, const dconst *k, const float *s, const float *t,      \
                             size_t n, float *grad, double *val)                               \
@@ -378,7 +448,8 @@ KD_INLINE void pass3(const int kind, const int nm, const dconst *k, const float 
     KD_CLONES static void name(int nm, const dconst *k, const float *s, const float *t,       \
                                size_t n, float *grad, double *val)                            \
     {                                                                                          \
-        if (nm) name##_k(1, k, s, t, n, grad, val);                                            \
+        if (nm == 2) name##_k(2, k, s, t, n, grad, val);                                       \
+        else if (nm) name##_k(1, k, s, t, n, grad, val);                                       \
         else name##_k(0, k, s, t, n, grad, val);                                               \
     }
 DENSE_FN(dense_fkl, *val = pass2(KD__DIV_FKL, nm, k, s, t, n, grad, &gs);)
@@ -405,12 +476,13 @@ void kd__vocab_dense_row(const kd__div *d, const float *s, const float *t, size_
     div_logs(d, &lw, &l1w);
     dconst k = {(float)d->inv_t, (float)ls, (float)lt, (float)(lt - ls), (float)coef,
                 (float)d->w, (float)lw, (float)l1w, ma, mb};
+    const int nm = d->nomask ? (clamp512() ? 2 : 1) : 0;
     switch (d->kind) {
-    case KD__DIV_TAIDL: dense_taidl(d->nomask, &k, s, t, n, grad, val); break;
-    case KD__DIV_FKL: dense_fkl(d->nomask, &k, s, t, n, grad, val); break;
-    case KD__DIV_RKL: dense_rkl(d->nomask, &k, s, t, n, grad, val); break;
-    case KD__DIV_JSD: dense_jsd(d->nomask, &k, s, t, n, grad, val); break;
-    default: dense_taid(d->nomask, &k, s, t, n, grad, val); break;
+    case KD__DIV_TAIDL: dense_taidl(nm, &k, s, t, n, grad, val); break;
+    case KD__DIV_FKL: dense_fkl(nm, &k, s, t, n, grad, val); break;
+    case KD__DIV_RKL: dense_rkl(nm, &k, s, t, n, grad, val); break;
+    case KD__DIV_JSD: dense_jsd(nm, &k, s, t, n, grad, val); break;
+    default: dense_taid(nm, &k, s, t, n, grad, val); break;
     }
     if (*val < 0) *val = 0; /* rounding below the divergence's bound */
 }

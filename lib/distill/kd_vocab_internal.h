@@ -42,6 +42,10 @@ typedef struct kd__div {
 void kd__vocab_dense_row(const kd__div *d, const float *s, const float *t, size_t n,
                          double coef, float *grad, double *val);
 
+/* Tests only (default 0): 1 makes the kernels take the paths of the
+ * non-AVX-512 clones (masked exps, 8-lane block maxima) on any CPU. */
+extern int kd__vocab_generic;
+
 /* 1 + the first column where the divergence would be infinite, 0 if none
  * (only -inf masks can cause it). */
 size_t kd__vocab_mask_bad(const kd__div *d, const float *s, const float *t, size_t n);
