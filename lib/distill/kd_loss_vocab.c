@@ -40,6 +40,9 @@
  */
 #include <math.h>
 #include <string.h>
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(KD_EMBEDDED)
+#include <immintrin.h>
+#endif
 
 #include "kd_loss_internal.h"
 #include "kd_vocab_internal.h"
@@ -122,29 +125,47 @@ KD_INLINE v16 vexp(v16 x)
     return sel(ok, vexp_core(x));
 }
 
-/* exp(max(x, -87)) for x <= 88: about 1.6e-38 instead of 0 at or below
- * -87 and for -inf; for sums that include an entry of at least 1 (the
- * log-sum-exp's maximum) and for rows without -inf. The clamp is an
- * unsigned minimum of the bit patterns (they order the floats >= +0 below
- * every negative one, the negative ones by magnitude): two instructions
- * with AVX-512 against vexp's three, but lowered lane by lane by GCC 12
- * without it (kd_simd.h), so only the x86-64-v4 clone takes it (clamp512). */
-KD_INLINE v16 vexp_lo(v16 x)
-{
-    kd_v16w b = (kd_v16w)x, lim = (kd_v16w)splat(-87.0f);
-    v16i lt = (v16i)(b < lim);
-    return vexp_core((v16)((lt & (v16i)b) | (~lt & (v16i)lim)));
-}
-/* vexp_lo when c (a constant after inlining), else vexp */
-#define VEXPC(c, x) ((c) ? vexp_lo(x) : vexp(x))
+/* The exp a kernel template uses for rows without -inf, passed as a
+ * constant function pointer: after inlining it is a direct call, inlined
+ * too, so a template instantiated inside an AVX-512 function may use an
+ * exp written with AVX-512 intrinsics while the same template in the
+ * target_clones kernels never sees them. */
+typedef v16 (*vexp_fn)(v16);
 
-/* 1 when the AVX-512 clones run (the resolver of target_clones picks
- * x86-64-v4 on such CPUs): the kernels then take vexp_lo. Checked per row;
- * the other clones compile the clamped variant too but never run it. */
-int kd__vocab_generic = 0;
-static int clamp512(void)
+/* AVX-512 kernels (x86-64 GCC, hosted): the same templates compiled for
+ * x86-64-v4 with vexp512 and 16-lane block maxima, chosen per row when the
+ * CPU has the x86-64-v4 features (use_x512). The target_clones kernels keep
+ * the portable vexp for every other CPU (and for tests, kd__vocab_generic). */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(KD_EMBEDDED)
+#define KD_X512 1
+#define X512_FN __attribute__((target("arch=x86-64-v4"), optimize("fp-contract=fast")))
+
+/* exp(max(x, -87)): about 1.6e-38 instead of 0 at or below -87 and for -inf
+ * (and NaN), for sums that hold an entry of at least 1 (a log-sum-exp's
+ * maximum) and rows without -inf. vexp_core's reduction and polynomial;
+ * vroundscaleps for n and vscalefps for the 2^n scaling: 10 instructions
+ * against 12 for a clamp and vexp_core. */
+static inline __attribute__((always_inline, target("arch=x86-64-v4"))) v16 vexp512(v16 x)
 {
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(KD_EMBEDDED)
+    __m512 v = _mm512_max_ps((__m512)x, _mm512_set1_ps(-87.0f)); /* NaN -> -87 */
+    __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(v, _mm512_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693147182464599609375f), v);
+    __m512 p = _mm512_set1_ps(0.008369150571525097f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.041917528957128525f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.1666652262210846f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(0.49998995661735535f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.0f));
+    return (v16)_mm512_scalef_ps(p, n);
+}
+#endif
+
+int kd__vocab_generic = 0;
+/* 1 when the AVX-512 kernels may run: checked per row (a few loads). */
+static int use_x512(void)
+{
+#if defined(KD_X512)
     return !kd__vocab_generic && __builtin_cpu_supports("avx512f") &&
            __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512cd") &&
            __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx512dq");
@@ -223,7 +244,7 @@ KD_INLINE float block_max(const float *x, size_t m)
 
 /* block_max in 16-lane vectors (one instruction per compare with AVX-512;
  * the other clones lower it lane by lane): signed maximum and signed
- * minimum of the patterns, as block_max. For the x86-64-v4 clone. */
+ * minimum of the patterns, as block_max. For the AVX-512 kernels. */
 KD_INLINE float block_max16(const float *x, size_t m)
 {
     v16i smax = (v16i)splat(-0.0f), smin = ~(v16i)splat(-0.0f);
@@ -251,10 +272,11 @@ KD_INLINE float block_max16(const float *x, size_t m)
     return r;
 }
 
-KD_INLINE void lse_block(const int c, const float *x, size_t m, float it, float *run_max,
-                         double *run_sum)
+/* ef: the exp (vexp or vexp512); wide: 16-lane block maxima (AVX-512) */
+KD_INLINE void lse_block(const vexp_fn ef, const int wide, const float *x, size_t m, float it,
+                         float *run_max, double *run_sum)
 {
-    float bm = (c ? block_max16(x, m) : block_max(x, m)) * it;
+    float bm = (wide ? block_max16(x, m) : block_max(x, m)) * it;
     if (bm == -INFINITY) return;
     if (bm > *run_max) {
         *run_sum *= exp((double)*run_max - (double)bm);
@@ -262,20 +284,20 @@ KD_INLINE void lse_block(const int c, const float *x, size_t m, float it, float 
     }
     v16 acc = splat(0), vit = splat(it), mx = splat(*run_max);
     size_t j = 0;
-    for (; j + 16 <= m; j += 16) acc += VEXPC(c, ld(x + j) * vit - mx);
-    if (j < m) acc += VEXPC(c, ldp(x + j, m - j, -INFINITY) * vit - mx);
+    for (; j + 16 <= m; j += 16) acc += ef(ld(x + j) * vit - mx);
+    if (j < m) acc += ef(ldp(x + j, m - j, -INFINITY) * vit - mx);
     *run_sum += hsum(acc);
 }
 
-KD_INLINE void lse_pass_k(const int c, const float *s, const float *t, size_t n, float it,
+KD_INLINE void lse_pass_k(const vexp_fn ef, const int wide, const float *s, const float *t, size_t n, float it,
                           double *ls, double *lt)
 {
     float ms = -INFINITY, mt = -INFINITY;
     double ss = 0, sum_t = 0;
     for (size_t b = 0; b < n; b += BLK) {
         size_t m = n - b < BLK ? n - b : BLK;
-        lse_block(c, s + b, m, it, &ms, &ss);
-        if (t) lse_block(c, t + b, m, it, &mt, &sum_t);
+        lse_block(ef, wide, s + b, m, it, &ms, &ss);
+        if (t) lse_block(ef, wide, t + b, m, it, &mt, &sum_t);
     }
     *ls = ms == -INFINITY ? -INFINITY : (double)ms + log(ss);
     if (t) *lt = mt == -INFINITY ? -INFINITY : (double)mt + log(sum_t);
@@ -283,9 +305,15 @@ KD_INLINE void lse_pass_k(const int c, const float *s, const float *t, size_t n,
 KD_CLONES static void lse_pass(const float *s, const float *t, size_t n, float it, double *ls,
                                double *lt)
 {
-    if (clamp512()) lse_pass_k(1, s, t, n, it, ls, lt);
-    else lse_pass_k(0, s, t, n, it, ls, lt);
+    lse_pass_k(vexp, 0, s, t, n, it, ls, lt);
 }
+#if defined(KD_X512)
+X512_FN static void lse_pass_x512(const float *s, const float *t, size_t n, float it, double *ls,
+                                  double *lt)
+{
+    lse_pass_k(vexp512, 1, s, t, n, it, ls, lt);
+}
+#endif
 
 /* TAID's mixed logits a s + b t (a = (1 - w) / T, b = w / T), -inf where
  * either side is masked (no 0 * -inf NaN at the endpoints w = 0 or 1). */
@@ -325,7 +353,7 @@ KD_CLONES static void lse_pass_mix(const float *s, const float *t, size_t n, flo
     double ss = 0, sm = 0;
     for (size_t o = 0; o < n; o += BLK) {
         size_t m = n - o < BLK ? n - o : BLK;
-        lse_block(0, s + o, m, it, &ms, &ss);
+        lse_block(vexp, 0, s + o, m, it, &ms, &ss);
         lse_block_mix(s + o, t + o, m, a, b, &mm, &sm);
     }
     *ls = ms == -INFINITY ? -INFINITY : (double)ms + log(ss);
@@ -341,10 +369,10 @@ typedef struct {
 
 /* One vector of pass 2. Returns the value term; *gdelta gets the gradient
  * term (pass-2 part), *gsum_part the G_j of RKL / JSD. nm (a constant
- * after inlining): 0 rows may hold -inf; 1 they do not, so no select is
- * needed to keep 0 * -inf out of the value; 2 as 1, and the exps are
- * clamped instead of masked (AVX-512 clones, clamp512). */
-KD_INLINE v16 p2_vec(const int kind, const int nm, const dconst *k, v16 sv, v16 tv, v16 *gdelta,
+ * after inlining): 0 rows may hold -inf (masked exps, selects keep 0 * -inf
+ * out of the value); 1 they do not: no selects, and the exps are ef (which
+ * may return 1.6e-38 for 0). */
+KD_INLINE v16 p2_vec(const int kind, const int nm, const vexp_fn ef, const dconst *k, v16 sv, v16 tv, v16 *gdelta,
                      v16 *gpart)
 {
     v16 z = sv * splat(k->it), u = tv * splat(k->it);
@@ -353,7 +381,7 @@ KD_INLINE v16 p2_vec(const int kind, const int nm, const dconst *k, v16 sv, v16 
     if (kind == KD__DIV_FKL) { /* one FMA per log-probability */
         lq = sv * splat(k->it) - splat(k->cs), lp = tv * splat(k->it) - splat(k->ct);
     }
-    q = VEXPC(nm == 2, lq), p = VEXPC(nm == 2, lp);
+    q = nm ? ef(lq) : vexp(lq), p = nm ? ef(lp) : vexp(lp);
     switch (kind) {
     case KD__DIV_FKL:
         val = p * (lp - lq);
@@ -389,7 +417,7 @@ KD_INLINE v16 p2_vec(const int kind, const int nm, const dconst *k, v16 sv, v16 
     return val;
 }
 
-KD_INLINE double pass2(const int kind, const int nm, const dconst *k, const float *s, const float *t, size_t n,
+KD_INLINE double pass2(const int kind, const int nm, const vexp_fn ef, const dconst *k, const float *s, const float *t, size_t n,
                        float *grad, double *gsum)
 {
     double val = 0, gs = 0;
@@ -399,12 +427,12 @@ KD_INLINE double pass2(const int kind, const int nm, const dconst *k, const floa
         size_t m = n - b < BLK ? n - b : BLK, j = 0;
         v16 acc = splat(0), gacc = splat(0), gd = splat(0), gp = splat(0);
         for (; j + 16 <= m; j += 16) {
-            acc += p2_vec(kind, nm, k, ld(s + b + j), ld(t + b + j), &gd, &gp);
+            acc += p2_vec(kind, nm, ef, k, ld(s + b + j), ld(t + b + j), &gd, &gp);
             gacc += gp;
             if (write) st(grad + b + j, ld(grad + b + j) + vc * gd);
         }
         if (j < m) {
-            acc += p2_vec(kind, 0 /* -inf padding */, k, ldp(s + b + j, m - j, -INFINITY),
+            acc += p2_vec(kind, 0 /* -inf padding */, ef, k, ldp(s + b + j, m - j, -INFINITY),
                           ldp(t + b + j, m - j, -INFINITY), &gd, &gp);
             gacc += gp;
             if (write) stp(grad + b + j, m - j, ldp(grad + b + j, m - j, 0) + vc * gd);
@@ -417,14 +445,14 @@ KD_INLINE double pass2(const int kind, const int nm, const dconst *k, const floa
 }
 
 /* pass 3: grad += coef * (extra(z,u) - q * g) where extra is RKL's G_j. */
-KD_INLINE void pass3(const int kind, const int nm, const dconst *k, const float *s, const float *t, size_t n,
+KD_INLINE void pass3(const int kind, const int nm, const vexp_fn ef, const dconst *k, const float *s, const float *t, size_t n,
                      float *grad, float g)
 {
     const v16 vc = splat(k->coef), vg = splat(g);
     for (size_t j = 0; j < n; j += 16) {
         size_t r = n - j < 16 ? n - j : 16;
         v16 sv = r == 16 ? ld(s + j) : ldp(s + j, r, -INFINITY);
-        v16 z = sv * splat(k->it), q = VEXPC(nm == 2, z - splat(k->cs)), d;
+        v16 z = sv * splat(k->it), q = nm ? ef(z - splat(k->cs)) : vexp(z - splat(k->cs)), d;
         if (kind == KD__DIV_RKL) {
             v16 tv = r == 16 ? ld(t + j) : ldp(t + j, r, -INFINITY);
             v16 u = tv * splat(k->it);
@@ -437,10 +465,23 @@ KD_INLINE void pass3(const int kind, const int nm, const dconst *k, const float 
     }
 }
 
-/* Each kernel is specialised for the three nm cases of p2_vec. */
+/* Each kernel: the template name##_k, instantiated for nm = 0 and 1 in the
+ * target_clones function `name` (portable vexp) and, on x86-64, in
+ * name##_x512 (vexp512). */
+#if defined(KD_X512)
+#define DENSE_X512(name)                                                                       \
+    X512_FN static void name##_x512(int nm, const dconst *k, const float *s, const float *t,  \
+                                    size_t n, float *grad, double *val)                       \
+    {                                                                                          \
+        if (nm) name##_k(1, vexp512, k, s, t, n, grad, val);                                   \
+        else name##_k(0, vexp512, k, s, t, n, grad, val);                                      \
+    }
+#else
+#define DENSE_X512(name)
+#endif
 #define DENSE_FN(name, body)                                                                   \
-    KD_INLINE void name##_k(const int nm, const dconst *k, const float *s, const float *t,      \
-                            size_t n, float *grad, double *val)                               \
+    KD_INLINE void name##_k(const int nm, const vexp_fn ef, const dconst *k, const float *s,  \
+                            const float *t, size_t n, float *grad, double *val)               \
     {                                                                                          \
         double gs;                                                                             \
         body                                                                                   \
@@ -448,17 +489,26 @@ KD_INLINE void pass3(const int kind, const int nm, const dconst *k, const float 
     KD_CLONES static void name(int nm, const dconst *k, const float *s, const float *t,       \
                                size_t n, float *grad, double *val)                            \
     {                                                                                          \
-        if (nm == 2) name##_k(2, k, s, t, n, grad, val);                                       \
-        else if (nm) name##_k(1, k, s, t, n, grad, val);                                       \
-        else name##_k(0, k, s, t, n, grad, val);                                               \
-    }
-DENSE_FN(dense_fkl, *val = pass2(KD__DIV_FKL, nm, k, s, t, n, grad, &gs);)
-DENSE_FN(dense_rkl, *val = pass2(KD__DIV_RKL, nm, k, s, t, n, NULL, &gs);
-         if (grad) pass3(KD__DIV_RKL, nm, k, s, t, n, grad, (float)*val);)
-DENSE_FN(dense_jsd, *val = pass2(KD__DIV_JSD, nm, k, s, t, n, grad, &gs);
-         if (grad) pass3(KD__DIV_JSD, nm, k, s, t, n, grad, (float)gs);)
-DENSE_FN(dense_taid, *val = pass2(KD__DIV_TAID, nm, k, s, t, n, grad, &gs);)
-DENSE_FN(dense_taidl, *val = pass2(KD__DIV_TAIDL, nm, k, s, t, n, grad, &gs);)
+        if (nm) name##_k(1, vexp, k, s, t, n, grad, val);                                      \
+        else name##_k(0, vexp, k, s, t, n, grad, val);                                         \
+    }                                                                                          \
+    DENSE_X512(name)
+DENSE_FN(dense_fkl, *val = pass2(KD__DIV_FKL, nm, ef, k, s, t, n, grad, &gs);)
+DENSE_FN(dense_rkl, *val = pass2(KD__DIV_RKL, nm, ef, k, s, t, n, NULL, &gs);
+         if (grad) pass3(KD__DIV_RKL, nm, ef, k, s, t, n, grad, (float)*val);)
+DENSE_FN(dense_jsd, *val = pass2(KD__DIV_JSD, nm, ef, k, s, t, n, grad, &gs);
+         if (grad) pass3(KD__DIV_JSD, nm, ef, k, s, t, n, grad, (float)gs);)
+DENSE_FN(dense_taid, *val = pass2(KD__DIV_TAID, nm, ef, k, s, t, n, grad, &gs);)
+DENSE_FN(dense_taidl, *val = pass2(KD__DIV_TAIDL, nm, ef, k, s, t, n, grad, &gs);)
+
+typedef void (*dense_fn)(int, const dconst *, const float *, const float *, size_t, float *,
+                         double *);
+/* indexed by KD__DIV_* */
+static const dense_fn dense_generic[5] = {dense_fkl, dense_rkl, dense_jsd, dense_taid, dense_taidl};
+#if defined(KD_X512)
+static const dense_fn dense_x512[5] = {dense_fkl_x512, dense_rkl_x512, dense_jsd_x512,
+                                       dense_taid_x512, dense_taidl_x512};
+#endif
 
 static void div_logs(const kd__div *d, double *lw, double *l1w)
 {
@@ -471,19 +521,23 @@ void kd__vocab_dense_row(const kd__div *d, const float *s, const float *t, size_
 {
     double ls, lt, lw, l1w;
     const float ma = (float)((1.0 - d->w) * d->inv_t), mb = (float)(d->w * d->inv_t);
+    const int x512 = use_x512();
     if (d->kind == KD__DIV_TAIDL) lse_pass_mix(s, t, n, (float)d->inv_t, ma, mb, &ls, &lt);
+#if defined(KD_X512)
+    else if (x512) lse_pass_x512(s, t, n, (float)d->inv_t, &ls, &lt);
+#endif
     else lse_pass(s, t, n, (float)d->inv_t, &ls, &lt);
     div_logs(d, &lw, &l1w);
     dconst k = {(float)d->inv_t, (float)ls, (float)lt, (float)(lt - ls), (float)coef,
                 (float)d->w, (float)lw, (float)l1w, ma, mb};
-    const int nm = d->nomask ? (clamp512() ? 2 : 1) : 0;
-    switch (d->kind) {
-    case KD__DIV_TAIDL: dense_taidl(nm, &k, s, t, n, grad, val); break;
-    case KD__DIV_FKL: dense_fkl(nm, &k, s, t, n, grad, val); break;
-    case KD__DIV_RKL: dense_rkl(nm, &k, s, t, n, grad, val); break;
-    case KD__DIV_JSD: dense_jsd(nm, &k, s, t, n, grad, val); break;
-    default: dense_taid(nm, &k, s, t, n, grad, val); break;
-    }
+    const dense_fn *fns = dense_generic;
+#if defined(KD_X512)
+    if (x512) fns = dense_x512;
+#else
+    (void)x512;
+#endif
+    fns[d->kind >= 0 && d->kind <= KD__DIV_TAIDL ? d->kind : KD__DIV_TAID](!!d->nomask, &k, s, t, n,
+                                                                          grad, val);
     if (*val < 0) *val = 0; /* rounding below the divergence's bound */
 }
 
@@ -542,6 +596,12 @@ KD_CLONES int kd__vocab_scan(const float *x, size_t n, size_t *neg_inf)
 double kd__vocab_lse(const float *x, size_t n)
 {
     double ls, unused;
+#if defined(KD_X512)
+    if (use_x512()) {
+        lse_pass_x512(x, NULL, n, 1.0f, &ls, &unused);
+        return ls;
+    }
+#endif
     lse_pass(x, NULL, n, 1.0f, &ls, &unused);
     return ls;
 }
