@@ -133,7 +133,7 @@ KD_INLINE v16 vexp(v16 x)
 typedef v16 (*vexp_fn)(v16);
 
 /* AVX-512 kernels (x86-64 GCC, hosted): the same templates compiled for
- * x86-64-v4 with vexp512 and 16-lane block maxima, chosen per row when the
+ * x86-64-v4 with vexp512 and block_max512, chosen per row when the
  * CPU has the x86-64-v4 features (use_x512). The target_clones kernels keep
  * the portable vexp for every other CPU (and for tests, kd__vocab_generic). */
 #if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(KD_EMBEDDED)
@@ -242,41 +242,39 @@ KD_INLINE float block_max(const float *x, size_t m)
     return r;
 }
 
-/* block_max in 16-lane vectors (one instruction per compare with AVX-512;
- * the other clones lower it lane by lane): signed maximum and signed
- * minimum of the patterns, as block_max. For the AVX-512 kernels. */
-KD_INLINE float block_max16(const float *x, size_t m)
+#if defined(KD_X512)
+/* block_max with AVX-512: vpmaxsd / vpminsd on 16 lanes, one instruction
+ * each (a compare and a blend in the portable 16-lane form). */
+static inline __attribute__((always_inline, target("arch=x86-64-v4"))) float
+block_max512(const float *x, size_t m)
 {
-    v16i smax = (v16i)splat(-0.0f), smin = ~(v16i)splat(-0.0f);
+    __m512i smax = _mm512_set1_epi32(INT32_MIN), smin = _mm512_set1_epi32(INT32_MAX);
     size_t j = 0;
     for (; j + 16 <= m; j += 16) {
-        v16i b = (v16i)ld(x + j);
-        v16i gt = b > smax, lt = b < smin;
-        smax = (gt & b) | (~gt & smax);
-        smin = (lt & b) | (~lt & smin);
+        __m512i b = _mm512_loadu_si512((const void *)(x + j));
+        smax = _mm512_max_epi32(smax, b);
+        smin = _mm512_min_epi32(smin, b);
     }
     /* the rest (-inf when empty: as a pattern it only wins when nothing
      * else is there, -inf being the negative float of largest magnitude) */
     float r = block_max(x + j, m - j);
-    int32_t hi[16], lo[16], R, S = INT32_MIN, L = INT32_MAX;
-    memcpy(hi, &smax, sizeof hi);
-    memcpy(lo, &smin, sizeof lo);
+    int32_t R, S = _mm512_reduce_max_epi32(smax), L = _mm512_reduce_min_epi32(smin);
     memcpy(&R, &r, sizeof R);
-    if (R >= 0) S = R;
-    else L = R;
-    for (int i = 0; i < 16; i++) {
-        S = hi[i] > S ? hi[i] : S;
-        L = lo[i] < L ? lo[i] : L;
-    }
+    if (R >= 0) S = R > S ? R : S;
+    else L = R < L ? R : L;
     memcpy(&r, S >= 0 ? &S : &L, sizeof r);
     return r;
 }
+#endif
 
-/* ef: the exp (vexp or vexp512); wide: 16-lane block maxima (AVX-512) */
-KD_INLINE void lse_block(const vexp_fn ef, const int wide, const float *x, size_t m, float it,
+typedef float (*bmax_fn)(const float *, size_t);
+
+/* ef: the exp (vexp or vexp512); bmf: the block maximum (block_max or
+ * block_max512); both constants after inlining */
+KD_INLINE void lse_block(const vexp_fn ef, const bmax_fn bmf, const float *x, size_t m, float it,
                          float *run_max, double *run_sum)
 {
-    float bm = (wide ? block_max16(x, m) : block_max(x, m)) * it;
+    float bm = bmf(x, m) * it;
     if (bm == -INFINITY) return;
     if (bm > *run_max) {
         *run_sum *= exp((double)*run_max - (double)bm);
@@ -289,15 +287,15 @@ KD_INLINE void lse_block(const vexp_fn ef, const int wide, const float *x, size_
     *run_sum += hsum(acc);
 }
 
-KD_INLINE void lse_pass_k(const vexp_fn ef, const int wide, const float *s, const float *t, size_t n, float it,
+KD_INLINE void lse_pass_k(const vexp_fn ef, const bmax_fn bmf, const float *s, const float *t, size_t n, float it,
                           double *ls, double *lt)
 {
     float ms = -INFINITY, mt = -INFINITY;
     double ss = 0, sum_t = 0;
     for (size_t b = 0; b < n; b += BLK) {
         size_t m = n - b < BLK ? n - b : BLK;
-        lse_block(ef, wide, s + b, m, it, &ms, &ss);
-        if (t) lse_block(ef, wide, t + b, m, it, &mt, &sum_t);
+        lse_block(ef, bmf, s + b, m, it, &ms, &ss);
+        if (t) lse_block(ef, bmf, t + b, m, it, &mt, &sum_t);
     }
     *ls = ms == -INFINITY ? -INFINITY : (double)ms + log(ss);
     if (t) *lt = mt == -INFINITY ? -INFINITY : (double)mt + log(sum_t);
@@ -305,13 +303,13 @@ KD_INLINE void lse_pass_k(const vexp_fn ef, const int wide, const float *s, cons
 KD_CLONES static void lse_pass(const float *s, const float *t, size_t n, float it, double *ls,
                                double *lt)
 {
-    lse_pass_k(vexp, 0, s, t, n, it, ls, lt);
+    lse_pass_k(vexp, block_max, s, t, n, it, ls, lt);
 }
 #if defined(KD_X512)
 X512_FN static void lse_pass_x512(const float *s, const float *t, size_t n, float it, double *ls,
                                   double *lt)
 {
-    lse_pass_k(vexp512, 1, s, t, n, it, ls, lt);
+    lse_pass_k(vexp512, block_max512, s, t, n, it, ls, lt);
 }
 #endif
 
@@ -353,7 +351,7 @@ KD_CLONES static void lse_pass_mix(const float *s, const float *t, size_t n, flo
     double ss = 0, sm = 0;
     for (size_t o = 0; o < n; o += BLK) {
         size_t m = n - o < BLK ? n - o : BLK;
-        lse_block(vexp, 0, s + o, m, it, &ms, &ss);
+        lse_block(vexp, block_max, s + o, m, it, &ms, &ss);
         lse_block_mix(s + o, t + o, m, a, b, &mm, &sm);
     }
     *ls = ms == -INFINITY ? -INFINITY : (double)ms + log(ss);
