@@ -131,12 +131,25 @@ KD_INLINE v16 vexp(v16 x)
  * exp written with AVX-512 intrinsics while the same template in the
  * target_clones kernels never sees them. */
 typedef v16 (*vexp_fn)(v16);
+/* Calls through those pointers. Unoptimised builds never inline through a
+ * pointer (GCC then refuses always_inline, and an out-of-line 64-byte vector
+ * function called from a clone of another ISA gets its argument in the
+ * wrong place): there the templates call the portable functions directly
+ * and the AVX-512 kernels are left out. */
+#if defined(__OPTIMIZE__)
+#define EF(ef, x) (ef)(x)
+#define BMF(bmf, x, m) (bmf)(x, m)
+#else
+#define EF(ef, x) ((void)(ef), vexp(x))
+#define BMF(bmf, x, m) ((void)(bmf), block_max(x, m))
+#endif
 
 /* AVX-512 kernels (x86-64 GCC, hosted): the same templates compiled for
  * x86-64-v4 with vexp512 and block_max512, chosen per row when the
  * CPU has the x86-64-v4 features (use_x512). The target_clones kernels keep
  * the portable vexp for every other CPU (and for tests, kd__vocab_generic). */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(KD_EMBEDDED)
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(KD_EMBEDDED) && \
+    defined(__OPTIMIZE__)
 #define KD_X512 1
 #define X512_FN __attribute__((target("arch=x86-64-v4"), optimize("fp-contract=fast")))
 
@@ -274,7 +287,7 @@ typedef float (*bmax_fn)(const float *, size_t);
 KD_INLINE void lse_block(const vexp_fn ef, const bmax_fn bmf, const float *x, size_t m, float it,
                          float *run_max, double *run_sum)
 {
-    float bm = bmf(x, m) * it;
+    float bm = BMF(bmf, x, m) * it;
     if (bm == -INFINITY) return;
     if (bm > *run_max) {
         *run_sum *= exp((double)*run_max - (double)bm);
@@ -282,13 +295,13 @@ KD_INLINE void lse_block(const vexp_fn ef, const bmax_fn bmf, const float *x, si
     }
     v16 acc = splat(0), vit = splat(it), mx = splat(*run_max);
     size_t j = 0;
-    for (; j + 16 <= m; j += 16) acc += ef(ld(x + j) * vit - mx);
-    if (j < m) acc += ef(ldp(x + j, m - j, -INFINITY) * vit - mx);
+    for (; j + 16 <= m; j += 16) acc += EF(ef, ld(x + j) * vit - mx);
+    if (j < m) acc += EF(ef, ldp(x + j, m - j, -INFINITY) * vit - mx);
     *run_sum += hsum(acc);
 }
 
-KD_INLINE void lse_pass_k(const vexp_fn ef, const bmax_fn bmf, const float *s, const float *t, size_t n, float it,
-                          double *ls, double *lt)
+KD_INLINE void lse_pass_k(const vexp_fn ef, const bmax_fn bmf, const float *s, const float *t,
+                          size_t n, float it, double *ls, double *lt)
 {
     float ms = -INFINITY, mt = -INFINITY;
     double ss = 0, sum_t = 0;
@@ -370,8 +383,8 @@ typedef struct {
  * after inlining): 0 rows may hold -inf (masked exps, selects keep 0 * -inf
  * out of the value); 1 they do not: no selects, and the exps are ef (which
  * may return 1.6e-38 for 0). */
-KD_INLINE v16 p2_vec(const int kind, const int nm, const vexp_fn ef, const dconst *k, v16 sv, v16 tv, v16 *gdelta,
-                     v16 *gpart)
+KD_INLINE v16 p2_vec(const int kind, const int nm, const vexp_fn ef, const dconst *k, v16 sv,
+                     v16 tv, v16 *gdelta, v16 *gpart)
 {
     v16 z = sv * splat(k->it), u = tv * splat(k->it);
     v16 lq = z - splat(k->cs), lp = u - splat(k->ct);
@@ -379,7 +392,7 @@ KD_INLINE v16 p2_vec(const int kind, const int nm, const vexp_fn ef, const dcons
     if (kind == KD__DIV_FKL) { /* one FMA per log-probability */
         lq = sv * splat(k->it) - splat(k->cs), lp = tv * splat(k->it) - splat(k->ct);
     }
-    q = nm ? ef(lq) : vexp(lq), p = nm ? ef(lp) : vexp(lp);
+    q = nm ? EF(ef, lq) : vexp(lq), p = nm ? EF(ef, lp) : vexp(lp);
     switch (kind) {
     case KD__DIV_FKL:
         val = p * (lp - lq);
@@ -415,8 +428,8 @@ KD_INLINE v16 p2_vec(const int kind, const int nm, const vexp_fn ef, const dcons
     return val;
 }
 
-KD_INLINE double pass2(const int kind, const int nm, const vexp_fn ef, const dconst *k, const float *s, const float *t, size_t n,
-                       float *grad, double *gsum)
+KD_INLINE double pass2(const int kind, const int nm, const vexp_fn ef, const dconst *k,
+                       const float *s, const float *t, size_t n, float *grad, double *gsum)
 {
     double val = 0, gs = 0;
     const int write = grad && kind != KD__DIV_RKL;
@@ -443,14 +456,14 @@ KD_INLINE double pass2(const int kind, const int nm, const vexp_fn ef, const dco
 }
 
 /* pass 3: grad += coef * (extra(z,u) - q * g) where extra is RKL's G_j. */
-KD_INLINE void pass3(const int kind, const int nm, const vexp_fn ef, const dconst *k, const float *s, const float *t, size_t n,
-                     float *grad, float g)
+KD_INLINE void pass3(const int kind, const int nm, const vexp_fn ef, const dconst *k,
+                     const float *s, const float *t, size_t n, float *grad, float g)
 {
     const v16 vc = splat(k->coef), vg = splat(g);
     for (size_t j = 0; j < n; j += 16) {
         size_t r = n - j < 16 ? n - j : 16;
         v16 sv = r == 16 ? ld(s + j) : ldp(s + j, r, -INFINITY);
-        v16 z = sv * splat(k->it), q = nm ? ef(z - splat(k->cs)) : vexp(z - splat(k->cs)), d;
+        v16 z = sv * splat(k->it), q = nm ? EF(ef, z - splat(k->cs)) : vexp(z - splat(k->cs)), d;
         if (kind == KD__DIV_RKL) {
             v16 tv = r == 16 ? ld(t + j) : ldp(t + j, r, -INFINITY);
             v16 u = tv * splat(k->it);
