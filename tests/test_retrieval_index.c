@@ -174,6 +174,96 @@ END_TEST
 START_TEST(agree_tiny) { check_corpus(GEN_UNIFORM, 3, 100, 5); }
 END_TEST
 
+/* Queries whose terms are frequent in most documents and carry high
+ * impacts in every block: block-max bounds cannot skip, and BMW hands the
+ * search over to MaxScore's window accumulation (SPX_BMW_CHECK in
+ * kd_sparse_search.c) with its heap and its cursors where they stand. The
+ * first third of the corpus is sparse in those terms (BMW prunes there and
+ * leaves its cursors at different documents), the rest dense; weights are
+ * drawn from three values in half of the runs, so ties cross the handover.
+ * Every algorithm, one-shot and through a searcher, must return the
+ * exhaustive top-k bit for bit. */
+static void check_dense_heads(uint64_t seed, int ties)
+{
+    kd_context *ctx = kd_test_ctx();
+    kd_rng r;
+    kd_rng_seed(&r, seed, 7);
+    gen_corpus c;
+    c.n = 6000;
+    c.vocab = 300;
+    c.tvocab = 80;
+    c.docs = (gen_doc *)calloc(c.n, sizeof *c.docs);
+    ck_assert_ptr_nonnull(c.docs);
+    for (size_t i = 0; i < c.n; i++) {
+        gen_doc *d = &c.docs[i];
+        d->id = (uint32_t)(2 * i + 1);
+        uint32_t pct = i < c.n / 3 ? 5 : 90; /* head terms: rare, then nearly everywhere */
+        for (uint32_t t = 0; t < 12; t++)
+            if (kd_rng_below(&r, 100) < pct) {
+                d->terms[d->nnz] = t;
+                d->w[d->nnz++] = ties ? 0.5f * (float)(1 + kd_rng_below(&r, 3)) : 0.05f + 3.0f * kd_rng_uniform(&r);
+            }
+        for (uint32_t j = 0; j < 5; j++) {
+            d->terms[d->nnz] = 12 + kd_rng_below(&r, c.vocab - 12);
+            d->w[d->nnz++] = 0.05f + kd_rng_uniform(&r);
+        }
+        for (uint32_t t = 0; t < 6; t++)
+            if (kd_rng_below(&r, 100) < pct) d->toks[d->ntok++] = t;
+        for (uint32_t j = 0; j < 8; j++) d->toks[d->ntok++] = 6 + kd_rng_below(&r, c.tvocab - 6);
+    }
+    kd_sparse_index *idx = gen_build(ctx, &c, NULL);
+    kd_sparse_searcher *srch = NULL;
+    ck_assert_int_eq(kd_sparse_searcher_create(ctx, idx, &srch), KD_OK);
+    const float wmodes[3][2] = {{1, 0}, {1, 1}, {0.3f, 2.0f}};
+    const size_t ks[] = {1, 10, 37, 300};
+    static uint32_t ids[3][300], sids[300];
+    static float sc[3][300], ssc[300];
+    size_t cnt[3];
+    for (int qi = 0; qi < 24; qi++) {
+        uint32_t qt[16], tk[8];
+        float qw[16];
+        size_t nq = 0, nt = 0;
+        for (uint32_t t = 0; t < 12; t++) {
+            qt[nq] = t;
+            qw[nq++] = ties ? 1.0f : 0.05f + 3.0f * kd_rng_uniform(&r);
+        }
+        qt[nq] = 12 + kd_rng_below(&r, c.vocab - 12); /* one rare term */
+        qw[nq++] = 2.0f;
+        for (uint32_t t = 0; t < 6; t++) tk[nt++] = t;
+        int wm = qi % 3;
+        size_t k = ks[(qi / 3) % 4];
+        for (int a = 0; a < 3; a++) {
+            kd_sparse_search_config cf = scfg((kd_sparse_algo)a, wmodes[wm][0], wmodes[wm][1]);
+            kd_status s = kd_sparse_index_search(ctx, idx, &cf, qt, qw, nq, tk, nt, k, ids[a], sc[a], &cnt[a]);
+            ck_assert_msg(s == KD_OK, "search: %s", kd_context_last_error(ctx));
+            size_t sn = 0;
+            s = kd_sparse_searcher_search(srch, &cf, qt, qw, nq, tk, nt, k, sids, ssc, &sn);
+            ck_assert_msg(s == KD_OK, "searcher: %s", kd_context_last_error(ctx));
+            ck_assert_uint_eq(sn, cnt[a]);
+            ck_assert(memcmp(sids, ids[a], sn * 4) == 0 && memcmp(ssc, sc[a], sn * 4) == 0);
+        }
+        ck_assert_uint_eq(cnt[2], k); /* far more than k documents match */
+        for (int a = 0; a < 2; a++) {
+            ck_assert_uint_eq(cnt[a], cnt[2]);
+            for (size_t i = 0; i < cnt[2]; i++)
+                ck_assert_msg(ids[a][i] == ids[2][i] && memcmp(&sc[a][i], &sc[2][i], 4) == 0,
+                              "ties %d query %d algo %d rank %zu: doc %u %.9g vs doc %u %.9g", ties, qi, a, i,
+                              ids[a][i], (double)sc[a][i], ids[2][i], (double)sc[2][i]);
+        }
+        for (size_t i = 1; i < cnt[2]; i++)
+            ck_assert(sc[2][i - 1] > sc[2][i] || (sc[2][i - 1] == sc[2][i] && ids[2][i - 1] < ids[2][i]));
+    }
+    kd_sparse_searcher_destroy(srch);
+    kd_sparse_index_destroy(idx);
+    gen_corpus_free(&c);
+    kd_context_destroy(ctx);
+}
+
+START_TEST(dense_head_terms) { check_dense_heads(21, 0); }
+END_TEST
+START_TEST(dense_head_terms_ties) { check_dense_heads(22, 1); }
+END_TEST
+
 /* One searcher across BM25 parameters and query widths: its per-document
  * BM25 table (refilled when k1 or b change) and its window scratch (rows
  * left uncleared by queries of at most 64 tokens, then read in full by a
@@ -455,6 +545,8 @@ Suite *kd_test_suite(void)
     tcase_add_test(tc, agree_all_equal);
     tcase_add_test(tc, agree_long_lists);
     tcase_add_test(tc, agree_tiny);
+    tcase_add_test(tc, dense_head_terms);
+    tcase_add_test(tc, dense_head_terms_ties);
     tcase_add_test(tc, searcher_params_and_wide_queries);
     tcase_add_test(tc, quantisation_never_zero);
     tcase_add_test(tc, invalid_inputs);

@@ -221,7 +221,9 @@ KD_API kd_status kd_sparse_index_stats_get(const kd_sparse_index *idx, kd_sparse
 typedef enum kd_sparse_algo {
     KD_SPARSE_MAXSCORE = 0,   /**< MaxScore (Turtle & Flood 1995) over windows of documents
                                    with block-max bounds: usually the fastest */
-    KD_SPARSE_BMW = 1,        /**< Block-Max WAND (Ding & Suel 2011) */
+    KD_SPARSE_BMW = 1,        /**< Block-Max WAND (Ding & Suel 2011); hands the rest of a
+                                   query to MaxScore when its block bounds stop skipping
+                                   (frequent terms with high impacts everywhere) */
     KD_SPARSE_EXHAUSTIVE = 2  /**< term-at-a-time over every posting: the oracle */
 } kd_sparse_algo;
 

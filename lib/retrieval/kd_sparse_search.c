@@ -21,7 +21,8 @@
  * query term and norm_d = k1 (1 - b + b dl / avgdl) per document, taken
  * from a per-document table by searchers (kd_sparse_searcher). MaxScore
  * works on windows of documents (see run_maxscore); BMW keeps cursors
- * sorted incrementally and caches each cursor's shallow block bound; the
+ * sorted incrementally, caches each cursor's shallow block bound and hands
+ * over to MaxScore when its bounds stop skipping (SPX_BMW_CHECK); the
  * exhaustive oracle scores block by block into accumulators that it resets
  * only where it wrote.
  */
@@ -69,6 +70,7 @@ typedef float dnorm;
 
 typedef struct sparams {
     const kd__spx_doc *dtab;
+    uint32_t ndocs;
     const dnorm *dn; /* [n_docs] or NULL: each norm is computed from dtab */
     double unit;  /* learned: score per integer unit (weight_sparse included) */
     float wbm;
@@ -944,7 +946,13 @@ static SPX_NOINLINE void window_candidates(const sparams *sp, kd__spx_scratch *s
  * probes them from the largest bound down while the remaining bounds could
  * still lift it over (window_candidates). BM25 values are kept per
  * (document, slot) so the final float sum is taken in ascending slot order
- * exactly as every other path does. */
+ * exactly as every other path does.
+ *
+ * Also runs the rest of a BMW search (run_bmw): cursors may then stand past
+ * documents that BMW proved cannot enter; scoring such a document from the
+ * lists still at it gives a value <= its full score < the threshold (float
+ * sums of non-negative terms are monotone), which the heap rejects; every
+ * document BMW offered is below every cursor, so none is offered twice. */
 static void run_maxscore(const sparams *sp, kd__spx_scratch *s, size_t n, heap *hp, size_t nslots)
 {
     cursor *cur = s->cur;
@@ -964,8 +972,12 @@ static void run_maxscore(const sparams *sp, kd__spx_scratch *s, size_t n, heap *
         acc += cur[ord[i]].ub;
         s->cum[i] = acc;
     }
-    double dthr = -INFINITY; /* k-th score / slack: prune when bound <= dthr */
-    size_t fe = 0;           /* first essential list in ord */
+    /* k-th score / slack: prune when bound <= dthr (a heap filled by BMW
+     * before it handed over sets it from the start) */
+    double dthr = hp->n == hp->cap ? (double)heap_thr(hp) / sp->slack : -INFINITY;
+    size_t fe = 0; /* first essential list in ord */
+    while (fe < n && s->cum[fe] <= dthr) fe++;
+    if (fe == n) return;
     uint32_t W = s->win; /* window: W x nslots <= 16384 floats (or W = 64) */
     while (W > 64 && (size_t)W * nslots > 16384) W /= 2;
     int64_t *wis = s->wisum;
@@ -1075,9 +1087,31 @@ static void sort_by_doc(cursor **ps, size_t n)
     }
 }
 
+static void run_maxscore(const sparams *sp, kd__spx_scratch *s, size_t n, heap *hp, size_t nslots);
+
+/* BMW's check that pruning pays: every SPX_BMW_CHECK pivot selections,
+ * run_bmw compares its work since the last check, taken as n per pivot
+ * selection (each scans and bounds the cursors up to the pivot, and a
+ * scored document moves and re-sorts several), with the postings the lists
+ * hold over the documents it got past in that time, estimated from their
+ * document frequencies (sum df x span / n_docs): about what MaxScore's
+ * window accumulation would read at most. When the first is the larger,
+ * bounds are not skipping enough for document-at-a-time evaluation to pay
+ * (frequent terms whose blocks all hold high impacts leave BMW stopping at
+ * nearly every document: on learned-weight queries of Zipf-drawn terms it
+ * was 8-12x slower than the exhaustive search; so is a heap that never
+ * fills, k >= the matching documents), and run_bmw hands the rest of the
+ * search to run_maxscore, from where its cursors stand and with its heap.
+ * The result is the same top-k either way (tests/test_retrieval_index.c,
+ * dense_head_terms). */
+#define SPX_BMW_CHECK 1024u
+
 /* Block-Max WAND. Cursors stay sorted by doc: only moved cursors are
- * re-inserted. Shallow block bounds are cached per cursor. */
-static void run_bmw(const sparams *sp, kd__spx_scratch *s, size_t n, heap *hp, size_t nslots)
+ * re-inserted. Shallow block bounds are cached per cursor. Invariant at the
+ * top of the loop: every document below the first cursor's was offered or
+ * shown unable to enter, and none at or above it was offered. Returns 1
+ * when it handed over to run_maxscore (see SPX_BMW_CHECK). */
+static int run_bmw(const sparams *sp, kd__spx_scratch *s, size_t n, heap *hp, size_t nslots)
 {
     cursor **ps = s->ps;
     for (size_t i = 0; i < n; i++) ps[i] = &s->cur[i];
@@ -1086,7 +1120,20 @@ static void run_bmw(const sparams *sp, kd__spx_scratch *s, size_t n, heap *hp, s
     double dthr = -INFINITY;
     float *slots = s->slots;
     for (size_t i = 0; i < nslots; i++) slots[i] = 0.0f;
+    double dfsum = 0.0; /* postings of all lists */
+    for (size_t i = 0; i < n; i++) dfsum += (double)s->cur[i].t->df;
+    uint32_t chk_it = 0, chk_doc = ps[0]->doc; /* pivot selections since the check, first doc then */
     for (;;) {
+        if (++chk_it >= SPX_BMW_CHECK && ps[0]->doc != KD_SPX_END) {
+            double span = (double)(ps[0]->doc - chk_doc);
+            double postings = dfsum * span / (double)(sp->ndocs ? sp->ndocs : 1);
+            if ((double)chk_it * (double)n > postings) {
+                run_maxscore(sp, s, n, hp, nslots);
+                return 1;
+            }
+            chk_it = 0;
+            chk_doc = ps[0]->doc;
+        }
         double acc = 0.0;
         size_t p = n;
         for (size_t i = 0; i < n; i++) {
@@ -1137,6 +1184,7 @@ static void run_bmw(const sparams *sp, kd__spx_scratch *s, size_t n, heap *hp, s
             resort_one(ps, n, best);
         }
     }
+    return 0;
 }
 
 /* Term at a time over every posting, block by block. Accumulators are zero
@@ -1257,6 +1305,7 @@ kd_status kd__spx_search_core(const kd_sparse_index *idx, const kd_sparse_search
     sparams sp;
     memset(&sp, 0, sizeof sp);
     sp.dtab = idx->docs;
+    sp.ndocs = idx->n_docs;
     size_t n = 0;
     /* learned part: merge duplicates, drop zeros and unknown terms */
     if (cfg->weight_sparse > 0.0f && nnz) {
@@ -1347,7 +1396,7 @@ kd_status kd__spx_search_core(const kd_sparse_index *idx, const kd_sparse_search
     if (kk == 0 || n == 0) return KD_OK;
     heap hp = {s->heap, 0, kk};
     if (cfg->algo == KD_SPARSE_EXHAUSTIVE) run_exhaustive(&sp, s, n, &hp);
-    else if (cfg->algo == KD_SPARSE_BMW) run_bmw(&sp, s, n, &hp, nslots);
+    else if (cfg->algo == KD_SPARSE_BMW) (void)run_bmw(&sp, s, n, &hp, nslots);
     else run_maxscore(&sp, s, n, &hp, nslots);
     qsort(hp.h, hp.n, sizeof *hp.h, better_first);
     for (size_t i = 0; i < hp.n; i++) {
