@@ -13,13 +13,7 @@
 #include <string.h>
 
 #include "kd/kd.h"
-
-static uint32_t rd32(const unsigned char *p) { return (uint32_t)p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24; }
-static uint64_t rd64(const unsigned char *p) { return rd32(p) | (uint64_t)rd32(p + 4) << 32; }
-static void wr32(unsigned char *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++) p[i] = (unsigned char)(v >> (8 * i));
-}
+#include "fuzz_crc.h"
 
 static void fix_crcs(unsigned char *img, size_t n)
 {
@@ -39,20 +33,8 @@ static void fix_crcs(unsigned char *img, size_t n)
         wr32(f + 24, kd_crc32c(kd_crc32c(0, img + io, (size_t)nb * 8), f, 24));
 }
 
-static kd_context *ctx;
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
+static void fuzz_image(kd_context *ctx, unsigned char *img, size_t size)
 {
-    if (size < 1) return 0;
-    if (!ctx && kd_context_create(NULL, &ctx) != KD_OK) abort();
-    int fix = data[0] & 1;
-    size--;
-    data++;
-    unsigned char *img = (unsigned char *)malloc(size ? size : 1);
-    if (!img) return 0;
-    memcpy(img, data, size);
-    if (fix) fix_crcs(img, size);
     kd_logit_cache *c = NULL;
     if (kd_logit_cache_open_memory(ctx, img, size, &c) == KD_OK) {
         size_t k = kd_logit_cache_k(c), V = kd_logit_cache_classes(c);
@@ -73,6 +55,4 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         free(v);
         kd_logit_cache_close(c);
     }
-    free(img);
-    return 0;
 }
