@@ -31,6 +31,19 @@ typedef struct fm_dataset {
     size_t n;
 } fm_dataset;
 
+/* Prints "error: WHAT: <context's last error>" and returns 1, main's exit
+ * status; FM_CHECK returns it from the calling function (which has a `ctx`)
+ * when CALL does not return KD_OK. */
+static inline int fm_fail(kd_context *ctx, const char *what)
+{
+    fprintf(stderr, "error: %s: %s\n", what, kd_context_last_error(ctx));
+    return 1;
+}
+#define FM_CHECK(call, what)                                                                   \
+    do {                                                                                       \
+        if ((call) != KD_OK) return fm_fail(ctx, what);                                        \
+    } while (0)
+
 static int fm_check(kd_context *ctx, kd_status st, const char *what)
 {
     if (st == KD_OK) return 0;

@@ -36,16 +36,6 @@
 
 typedef fm_dataset dataset;
 
-static int fail(kd_context *ctx, const char *what)
-{
-    fprintf(stderr, "error: %s: %s\n", what, kd_context_last_error(ctx));
-    return 1;
-}
-#define CHECK(call, what)                                                                      \
-    do {                                                                                       \
-        if ((call) != KD_OK) return fail(ctx, what);                                           \
-    } while (0)
-
 static double test_accuracy(kd_context *ctx, kd_model *m, kd_teacher *t, const dataset *te)
 {
     kd_dataset ds = {sizeof ds, te->x, te->n, 784, te->y};
@@ -80,16 +70,16 @@ static int train_teacher(kd_context *ctx, kd_model *m, const dataset *tr, int ep
     kd_student *s;
     kd_loss_ce_config cc;
     kd_loss_ce_config_default(&cc);
-    CHECK(kd_optimizer_create(m, &oc, &opt), "optimizer");
-    CHECK(kd_loss_create(ctx, kd_loss_cross_entropy(), &cc, &ce), "loss");
-    CHECK(kd_student_create(ctx, m, opt, NULL, &s), "student");
-    CHECK(kd_student_add_loss(s, ce, 1.0f, 0), "add loss");
+    FM_CHECK(kd_optimizer_create(m, &oc, &opt), "optimizer");
+    FM_CHECK(kd_loss_create(ctx, kd_loss_cross_entropy(), &cc, &ce), "loss");
+    FM_CHECK(kd_student_create(ctx, m, opt, NULL, &s), "student");
+    FM_CHECK(kd_student_add_loss(s, ce, 1.0f, 0), "add loss");
     kd_dataset ds = {sizeof ds, tr->x, tr->n, 784, tr->y};
     kd_fit_config fc;
     kd_fit_config_default(&fc);
     fc.epochs = (size_t)epochs;
     fc.batch = BATCH;
-    CHECK(kd_fit(s, NULL, &ds, &fc), "teacher training");
+    FM_CHECK(kd_fit(s, NULL, &ds, &fc), "teacher training");
     kd_student_destroy(s);
     kd_loss_destroy(ce);
     kd_optimizer_destroy(opt);
@@ -102,7 +92,7 @@ static int distil(kd_context *ctx, kd_model *tm, int kind, uint64_t seed, const 
 {
     kd_rng_seed(kd_context_rng(ctx), seed, 0); /* the student's initialisation */
     kd_model *sm;
-    CHECK(kd_model_create_from_spec(ctx, "input 784; linear 32; relu; linear 10", &sm), "student");
+    FM_CHECK(kd_model_create_from_spec(ctx, "input 784; linear 32; relu; linear 10", &sm), "student");
     kd_optimizer_config oc;
     kd_optimizer_config_default(&oc, KD_OPTIM_ADAMW);
     oc.lr = 2e-3f;
@@ -113,13 +103,13 @@ static int distil(kd_context *ctx, kd_model *tm, int kind, uint64_t seed, const 
     kd_loss_hinton_config_default(&hc);
     hc.alpha = 1.0f;
     hc.temperature = 4.0f;
-    CHECK(kd_optimizer_create(sm, &oc, &opt), "optimizer");
-    CHECK(kd_loss_create(ctx, kd_loss_hinton(), &hc, &kd), "loss");
-    CHECK(kd_student_create(ctx, sm, opt, NULL, &s), "student");
-    CHECK(kd_student_add_loss(s, kd, 1.0f, KD_TERM_NO_LABELS), "add loss");
+    FM_CHECK(kd_optimizer_create(sm, &oc, &opt), "optimizer");
+    FM_CHECK(kd_loss_create(ctx, kd_loss_hinton(), &hc, &kd), "loss");
+    FM_CHECK(kd_student_create(ctx, sm, opt, NULL, &s), "student");
+    FM_CHECK(kd_student_add_loss(s, kd, 1.0f, KD_TERM_NO_LABELS), "add loss");
     kd_teacher *t;
     if (kind == 0) {
-        CHECK(kd_teacher_from_model(ctx, tm, &t), "teacher");
+        FM_CHECK(kd_teacher_from_model(ctx, tm, &t), "teacher");
     } else {
         kd_moe_teacher_config mc;
         kd_moe_teacher_config_default(&mc);
@@ -130,7 +120,7 @@ static int distil(kd_context *ctx, kd_model *tm, int kind, uint64_t seed, const 
             mc.student = sm;
             mc.router_lr = 1e-4f;
         }
-        CHECK(kd_teacher_create_moe(ctx, tm, &mc, &t), "moe teacher");
+        FM_CHECK(kd_teacher_create_moe(ctx, tm, &mc, &t), "moe teacher");
     }
     kd_dataset ds = {sizeof ds, tr->x, transfer < tr->n ? transfer : tr->n, 784, NULL};
     kd_fit_config fc;
@@ -138,14 +128,14 @@ static int distil(kd_context *ctx, kd_model *tm, int kind, uint64_t seed, const 
     fc.epochs = (size_t)epochs;
     fc.batch = BATCH;
     fc.seed = seed;
-    CHECK(kd_fit(s, t, &ds, &fc), "distillation");
+    FM_CHECK(kd_fit(s, t, &ds, &fc), "distillation");
     *acc = test_accuracy(ctx, sm, NULL, te);
     kd_teacher_destroy(t);
     kd_student_destroy(s);
     kd_loss_destroy(kd);
     kd_optimizer_destroy(opt);
     kd_model_destroy(sm);
-    return *acc < 0 ? fail(ctx, "evaluation") : 0;
+    return *acc < 0 ? fm_fail(ctx, "evaluation") : 0;
 }
 
 int main(int argc, char **argv)
@@ -179,12 +169,12 @@ int main(int argc, char **argv)
     if (fm_load(ctx, dir, "train", 0, &tr) || fm_load(ctx, dir, "t10k", 0, &te)) return 1;
 
     kd_model *tm;
-    CHECK(kd_model_create_from_spec(ctx, "input 784; linear 128; relu; moe 8 2 128 gelu balance 0.01; linear 10", &tm),
+    FM_CHECK(kd_model_create_from_spec(ctx, "input 784; linear 128; relu; moe 8 2 128 gelu balance 0.01; linear 10", &tm),
           "teacher");
     if (train_teacher(ctx, tm, &tr, tepochs)) return 1;
     double t_topk = test_accuracy(ctx, tm, NULL, &te);
     size_t routed[8];
-    CHECK(kd_model_moe_stats(tm, 2, routed, NULL, NULL, NULL), "stats");
+    FM_CHECK(kd_model_moe_stats(tm, 2, routed, NULL, NULL, NULL), "stats");
     size_t tot = 0;
     for (int e = 0; e < 8; e++) tot += routed[e];
     printf("teacher: input 784; linear 128; relu; moe 8 2 128 gelu balance 0.01; linear 10, %d epochs\n", tepochs);
@@ -193,11 +183,11 @@ int main(int argc, char **argv)
     kd_moe_teacher_config_default(&mc);
     mc.samples = samples;
     kd_teacher *t;
-    CHECK(kd_teacher_create_moe(ctx, tm, &mc, &t), "KA teacher");
+    FM_CHECK(kd_teacher_create_moe(ctx, tm, &mc, &t), "KA teacher");
     printf(", KA(%zu samples) %.4f", samples, test_accuracy(ctx, NULL, t, &te));
     kd_teacher_destroy(t);
     mc.mode = KD_MOE_TEACHER_SAR;
-    CHECK(kd_teacher_create_moe(ctx, tm, &mc, &t), "all-expert teacher");
+    FM_CHECK(kd_teacher_create_moe(ctx, tm, &mc, &t), "all-expert teacher");
     printf(", all 8 experts %.4f\n", test_accuracy(ctx, NULL, t, &te));
     kd_teacher_destroy(t);
     printf("expert load (share of routed tokens, last test batch):");

@@ -40,16 +40,6 @@
 
 typedef fm_dataset dataset;
 
-static int fail(kd_context *ctx, const char *what)
-{
-    fprintf(stderr, "error: %s: %s\n", what, kd_context_last_error(ctx));
-    return 1;
-}
-#define CHECK(call, what)                                                                      \
-    do {                                                                                       \
-        if ((call) != KD_OK) return fail(ctx, what);                                           \
-    } while (0)
-
 typedef struct {
     kd_context *ctx;
     kd_model *pre, *head;
@@ -127,14 +117,14 @@ int main(int argc, char **argv)
     net N;
     memset(&N, 0, sizeof N);
     N.ctx = ctx;
-    CHECK(kd_model_create_from_spec(ctx, "input 784; linear 64; relu", &N.pre), "pre");
-    CHECK(kd_model_create_from_spec(ctx, "input 64; linear 10", &N.head), "head");
+    FM_CHECK(kd_model_create_from_spec(ctx, "input 784; linear 64; relu", &N.pre), "pre");
+    FM_CHECK(kd_model_create_from_spec(ctx, "input 64; linear 10", &N.head), "head");
     kd_moe_config mc;
     kd_moe_config_default(&mc);
     mc.n_experts = E, mc.top_k = K, mc.d_model = D, mc.d_ff = FF;
     mc.activation = KD_MOE_GELU;
     mc.balance_coef = 0.01f;
-    CHECK(kd_moe_create(ctx, &mc, &N.moe), "moe");
+    FM_CHECK(kd_moe_create(ctx, &mc, &N.moe), "moe");
     N.h = malloc(BATCH * D * 4), N.z = malloc(BATCH * D * 4), N.dz = malloc(BATCH * D * 4);
     N.dh = malloc(BATCH * D * 4), N.dm = malloc(BATCH * D * 4);
     float *dlog = malloc(BATCH * CLASSES * 4);
@@ -142,8 +132,8 @@ int main(int argc, char **argv)
     kd_optimizer_config_default(&oc, KD_OPTIM_ADAMW);
     oc.lr = 2e-3f;
     kd_optimizer *op1, *op2;
-    CHECK(kd_optimizer_create(N.pre, &oc, &op1), "optimizer");
-    CHECK(kd_optimizer_create(N.head, &oc, &op2), "optimizer");
+    FM_CHECK(kd_optimizer_create(N.pre, &oc, &op1), "optimizer");
+    FM_CHECK(kd_optimizer_create(N.head, &oc, &op2), "optimizer");
     float *mp, *mg;
     size_t mn;
     kd_moe_blocks(N.moe, &mp, &mg, &mn);
@@ -168,7 +158,7 @@ int main(int argc, char **argv)
                 yb[i] = tr.y[perm[s + i]];
             }
             const float *lg;
-            CHECK(forward(&N, xb, BATCH, KD_MODE_TRAIN, 0, &lg), "forward");
+            FM_CHECK(forward(&N, xb, BATCH, KD_MODE_TRAIN, 0, &lg), "forward");
             for (size_t i = 0; i < BATCH; i++) { /* softmax cross-entropy */
                 const float *l = lg + i * CLASSES;
                 float m = l[0];
@@ -181,10 +171,10 @@ int main(int argc, char **argv)
             }
             lcount += BATCH;
             kd_model_zero_grad(N.pre), kd_model_zero_grad(N.head), kd_moe_zero_grad(N.moe);
-            CHECK(kd_model_backward(N.head, dlog, BATCH * CLASSES, N.dz, BATCH * D), "head backward");
-            CHECK(kd_moe_backward(N.moe, N.dz, N.dm), "moe backward");
+            FM_CHECK(kd_model_backward(N.head, dlog, BATCH * CLASSES, N.dz, BATCH * D), "head backward");
+            FM_CHECK(kd_moe_backward(N.moe, N.dz, N.dm), "moe backward");
             for (size_t i = 0; i < BATCH * D; i++) N.dh[i] = N.dz[i] + N.dm[i];
-            CHECK(kd_model_backward(N.pre, N.dh, BATCH * D, NULL, 0), "pre backward");
+            FM_CHECK(kd_model_backward(N.pre, N.dh, BATCH * D, NULL, 0), "pre backward");
             kd_optimizer_step(op1), kd_optimizer_step(op2);
             step++;
             double b1 = 1 - pow(0.9, (double)step), b2 = 1 - pow(0.999, (double)step);
@@ -208,10 +198,10 @@ int main(int argc, char **argv)
     printf("\nrouter entropy: %.3f nats (uniform: %.3f)\n", ent, log((double)E));
     printf("knowledge augmentation (8 sampled routings): %.4f\n", accuracy(&N, &te, 8, NULL, NULL));
 
-    CHECK(kd_moe_set_top_k(N.moe, 1), "set k");
+    FM_CHECK(kd_moe_set_top_k(N.moe, 1), "set k");
     double a1 = accuracy(&N, &te, 0, NULL, NULL);
     printf("k lowered to 1: %.4f (cost %+.4f)\n", a1, a1 - acc);
-    CHECK(kd_moe_set_top_k(N.moe, K), "set k");
+    FM_CHECK(kd_moe_set_top_k(N.moe, K), "set k");
 
     /* pruning by routing frequency on the calibration tokens */
     size_t ncal = tr.n < 2048 ? tr.n : 2048;
@@ -219,11 +209,11 @@ int main(int argc, char **argv)
     for (size_t s = 0; s < ncal; s += BATCH) {
         size_t n = ncal - s < BATCH ? ncal - s : BATCH;
         const float *h;
-        CHECK(kd_model_forward(N.pre, KD_MODE_INFER, tr.x + s * 784, n * 784, n, &h), "calib");
+        FM_CHECK(kd_model_forward(N.pre, KD_MODE_INFER, tr.x + s * 784, n * 784, n, &h), "calib");
         memcpy(cal + s * D, h, n * D * 4);
     }
     float *ycal = malloc(ncal * D * 4);
-    CHECK(kd_moe_forward(N.moe, KD_MODE_INFER, cal, ncal, ycal), "calib");
+    FM_CHECK(kd_moe_forward(N.moe, KD_MODE_INFER, cal, ncal, ycal), "calib");
     free(ycal);
     size_t routed[E];
     kd_moe_stats(N.moe, routed, NULL, NULL, NULL);
@@ -238,17 +228,17 @@ int main(int argc, char **argv)
             if (keep[e] && (worst < 0 || routed[e] < routed[worst])) worst = e;
         keep[worst] = 0;
     }
-    CHECK(kd_moe_prune_experts(N.moe, keep), "prune");
+    FM_CHECK(kd_moe_prune_experts(N.moe, keep), "prune");
     double ap = accuracy(&N, &te, 0, NULL, NULL);
     printf("pruned to %d experts (2 least used dropped): %.4f (cost %+.4f)\n", E - 2, ap, ap - acc);
 
     /* HC-SMoE merge of the original 8 experts into 4 */
     kd_moe_destroy(N.moe);
-    CHECK(kd_moe_create(ctx, &mc, &N.moe), "moe");
+    FM_CHECK(kd_moe_create(ctx, &mc, &N.moe), "moe");
     kd_moe_blocks(N.moe, &mp, NULL, NULL);
     memcpy(mp, saved, mn * 4);
     size_t cl[E];
-    CHECK(kd_moe_merge_experts(N.moe, cal, ncal, E / 2, cl), "merge");
+    FM_CHECK(kd_moe_merge_experts(N.moe, cal, ncal, E / 2, cl), "merge");
     double am2 = accuracy(&N, &te, 0, NULL, NULL);
     printf("HC-SMoE merged to %d experts (clusters:", E / 2);
     for (int e = 0; e < E; e++) printf(" %zu", cl[e]);
