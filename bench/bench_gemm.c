@@ -18,6 +18,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "bench_gemm_job.h"
 #include "bench_util.h"
 #include "kd/kd.h"
 
@@ -33,50 +34,26 @@ static const shape shapes[] = {
 };
 #define N_SHAPES (sizeof shapes / sizeof shapes[0])
 
-typedef struct {
-    int use_kd;
-    kd_context *ctx;
-    const shape *s;
-    float *a, *b, *c;
-} job;
-
-static void run_job(void *p)
-{
-    job *j = (job *)p;
-    const shape *s = j->s;
-    if (j->use_kd) {
-        kd_gemm(j->ctx, KD_NO_TRANS, s->tb ? KD_TRANS : KD_NO_TRANS, s->m, s->n, s->k, 1.0f, j->a,
-                s->k, j->b, s->tb ? s->k : s->n, 0.0f, j->c, s->n);
-    } else {
-        float one = 1.0f, zero = 0.0f;
-        rntm_t rntm = BLIS_RNTM_INITIALIZER;
-        bli_rntm_set_num_threads(1, &rntm);
-        bli_sgemm_ex(BLIS_NO_TRANSPOSE, s->tb ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE, (dim_t)s->m,
-                     (dim_t)s->n, (dim_t)s->k, &one, j->a, (inc_t)s->k, 1, j->b,
-                     (inc_t)(s->tb ? s->k : s->n), 1, &zero, j->c, (inc_t)s->n, 1, NULL, &rntm);
-    }
-}
-
 /* Child: time every shape in this process's configuration; print GFLOP/s. */
 static int child(const char *mode)
 {
-    job j = {0};
+    bench_gemm_job j = {0};
     j.use_kd = strcmp(mode, "libkd") == 0;
     if (j.use_kd && kd_context_create(NULL, &j.ctx) != KD_OK) return 1;
     const char *arch = j.use_kd ? kd_context_blis_arch(j.ctx) : (bli_init(), bli_arch_string(bli_arch_query_id()));
     printf("%s", arch);
     for (size_t i = 0; i < N_SHAPES; i++) {
         const shape *s = &shapes[i];
-        j.s = s;
-        j.a = malloc(s->m * s->k * sizeof(float));
-        j.b = malloc(s->k * s->n * sizeof(float));
+        float *a = malloc(s->m * s->k * sizeof(float)), *b = malloc(s->k * s->n * sizeof(float));
         j.c = malloc(s->m * s->n * sizeof(float));
-        for (size_t t = 0; t < s->m * s->k; t++) j.a[t] = (float)((t * 7) % 13) * 0.1f - 0.6f;
-        for (size_t t = 0; t < s->k * s->n; t++) j.b[t] = (float)((t * 5) % 11) * 0.1f - 0.5f;
-        double sec = bench_time_median(run_job, &j, 0.05, 3);
+        if (!a || !b || !j.c) return 1;
+        for (size_t t = 0; t < s->m * s->k; t++) a[t] = (float)((t * 7) % 13) * 0.1f - 0.6f;
+        for (size_t t = 0; t < s->k * s->n; t++) b[t] = (float)((t * 5) % 11) * 0.1f - 0.5f;
+        j.m = s->m, j.k = s->k, j.n = s->n, j.tb = s->tb, j.a = a, j.b = b;
+        double sec = bench_time_median(bench_gemm_run, &j, 0.05, 3);
         printf(" %.3f", 2.0 * (double)s->m * (double)s->n * (double)s->k / sec * 1e-9);
-        free(j.a);
-        free(j.b);
+        free(a);
+        free(b);
         free(j.c);
     }
     printf("\n");

@@ -11,10 +11,10 @@
  * Shapes with n % 4 < 2 go through unchanged and are listed as a control.
  * Usage: bench_gemm_edge [rounds]   (default 7)
  */
-#include <blis.h>
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "bench_gemm_job.h"
 #include "bench_util.h"
 #include "kd/kd.h"
 
@@ -32,31 +32,6 @@ static const shape shapes[] = {
     {128, 784, 12, 0, 1, 0.0f}, {64, 512, 128, 0, 1, 0.0f},
 };
 #define N_SHAPES (sizeof shapes / sizeof shapes[0])
-
-typedef struct {
-    int use_kd;
-    kd_context *ctx;
-    const shape *s;
-    float *a, *b, *c;
-} job;
-
-static void run_job(void *p)
-{
-    job *j = (job *)p;
-    const shape *s = j->s;
-    size_t lda = s->ta ? s->m : s->k, ldb = s->tb ? s->k : s->n;
-    float alpha = 1.0f, beta = s->beta;
-    if (j->use_kd) {
-        kd_gemm(j->ctx, s->ta ? KD_TRANS : KD_NO_TRANS, s->tb ? KD_TRANS : KD_NO_TRANS, s->m, s->n,
-                s->k, alpha, j->a, lda, j->b, ldb, beta, j->c, s->n);
-    } else {
-        rntm_t rntm = BLIS_RNTM_INITIALIZER;
-        bli_rntm_set_num_threads(1, &rntm);
-        bli_sgemm_ex(s->ta ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE, s->tb ? BLIS_TRANSPOSE : BLIS_NO_TRANSPOSE,
-                     (dim_t)s->m, (dim_t)s->n, (dim_t)s->k, &alpha, j->a, (inc_t)lda, 1, j->b,
-                     (inc_t)ldb, 1, &beta, j->c, (inc_t)s->n, 1, NULL, &rntm);
-    }
-}
 
 int main(int argc, char **argv)
 {
@@ -76,8 +51,8 @@ int main(int argc, char **argv)
         double t[2][1000];
         for (int r = 0; r < rounds; r++)
             for (int w = 0; w < 2; w++) {
-                job j = {w == 0, ctx, s, a, b, c};
-                t[w][r] = bench_time(run_job, &j, 0.05);
+                bench_gemm_job j = {w == 0, ctx, s->m, s->k, s->n, s->ta, s->tb, s->beta, a, b, c};
+                t[w][r] = bench_time(bench_gemm_run, &j, 0.05);
             }
         double flops = 2.0 * (double)s->m * (double)s->n * (double)s->k;
         double kd = flops / bench_median(t[0], (size_t)rounds) * 1e-9;
