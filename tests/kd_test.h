@@ -44,7 +44,8 @@ kd_context *kd_test_ctx(void);
 void kd_test_tmpdir(char *dir, size_t size, const char *tag);
 void kd_test_rmdir(const char *dir);
 int kd_test_dir_entries(const char *dir);
-/* Whole file into a malloc'd buffer (*n bytes); fails the test if unreadable. */
+/* Whole file into a malloc'd buffer of *n + 1 bytes (*n read, one spare);
+ * fails the test if unreadable. */
 unsigned char *kd_test_read_file(const char *path, size_t *n);
 
 /* Fills x with uniform values in [lo, hi) from a fixed-seed generator. */
@@ -58,5 +59,20 @@ void kd_test_fill(float *x, size_t n, float lo, float hi, uint64_t seed);
  */
 typedef kd_status (*kd_test_alloc_body)(kd_context *ctx, void *user);
 long kd_test_alloc_failures(kd_test_alloc_body body, void *user);
+
+/* Asserts that every row of out (rows x cols) is the log-softmax of the same
+ * row of z, within tol. */
+void kd_test_assert_log_softmax(const float *out, const float *z, size_t rows, size_t cols, double tol);
+
+/* The distillation tests' student: the model of spec, AdamW with learning
+ * rate lr, and Hinton KD alone (alpha 1, temperature 2, no labels). */
+typedef struct {
+    kd_model *model;
+    kd_optimizer *opt;
+    kd_loss *kd;
+    kd_student *student;
+} kd_test_rig;
+void kd_test_rig_make(kd_context *ctx, kd_test_rig *r, const char *spec, float lr);
+void kd_test_rig_free(kd_test_rig *r);
 
 #endif

@@ -126,6 +126,42 @@ long kd_test_alloc_failures(kd_test_alloc_body body, void *user)
     return -1;
 }
 
+void kd_test_assert_log_softmax(const float *out, const float *z, size_t rows, size_t cols, double tol)
+{
+    for (size_t r = 0; r < rows; r++) {
+        const float *zr = z + r * cols;
+        double mx = zr[0], s = 0;
+        for (size_t j = 1; j < cols; j++) mx = zr[j] > mx ? zr[j] : mx;
+        for (size_t j = 0; j < cols; j++) s += exp(zr[j] - mx);
+        for (size_t j = 0; j < cols; j++)
+            ck_assert_double_eq_tol(out[r * cols + j], zr[j] - mx - log(s), tol);
+    }
+}
+
+void kd_test_rig_make(kd_context *ctx, kd_test_rig *r, const char *spec, float lr)
+{
+    ck_assert_int_eq(kd_model_create_from_spec(ctx, spec, &r->model), KD_OK);
+    kd_optimizer_config oc;
+    kd_optimizer_config_default(&oc, KD_OPTIM_ADAMW);
+    oc.lr = lr;
+    ck_assert_int_eq(kd_optimizer_create(r->model, &oc, &r->opt), KD_OK);
+    kd_loss_hinton_config hc;
+    kd_loss_hinton_config_default(&hc);
+    hc.alpha = 1.0f;
+    hc.temperature = 2.0f;
+    ck_assert_int_eq(kd_loss_create(ctx, kd_loss_hinton(), &hc, &r->kd), KD_OK);
+    ck_assert_int_eq(kd_student_create(ctx, r->model, r->opt, NULL, &r->student), KD_OK);
+    ck_assert_int_eq(kd_student_add_loss(r->student, r->kd, 1.0f, KD_TERM_NO_LABELS), KD_OK);
+}
+
+void kd_test_rig_free(kd_test_rig *r)
+{
+    kd_student_destroy(r->student);
+    kd_loss_destroy(r->kd);
+    kd_optimizer_destroy(r->opt);
+    kd_model_destroy(r->model);
+}
+
 int main(void)
 {
     SRunner *sr = srunner_create(kd_test_suite());

@@ -676,36 +676,7 @@ static kd_model *e_teacher(kd_context *ctx)
     return m;
 }
 
-typedef struct {
-    kd_model *model;
-    kd_optimizer *opt;
-    kd_loss *kd;
-    kd_student *student;
-} e_rig;
-
-static void e_rig_make(kd_context *ctx, e_rig *r)
-{
-    ck_assert_int_eq(kd_model_create_from_spec(ctx, "input 16; linear 32; relu; linear 64", &r->model), KD_OK);
-    kd_optimizer_config oc;
-    kd_optimizer_config_default(&oc, KD_OPTIM_ADAMW);
-    oc.lr = 1e-2f;
-    ck_assert_int_eq(kd_optimizer_create(r->model, &oc, &r->opt), KD_OK);
-    kd_loss_hinton_config hc;
-    kd_loss_hinton_config_default(&hc);
-    hc.alpha = 1.0f;
-    hc.temperature = 2.0f;
-    ck_assert_int_eq(kd_loss_create(ctx, kd_loss_hinton(), &hc, &r->kd), KD_OK);
-    ck_assert_int_eq(kd_student_create(ctx, r->model, r->opt, NULL, &r->student), KD_OK);
-    ck_assert_int_eq(kd_student_add_loss(r->student, r->kd, 1.0f, KD_TERM_NO_LABELS), KD_OK);
-}
-
-static void e_rig_free(e_rig *r)
-{
-    kd_student_destroy(r->student);
-    kd_loss_destroy(r->kd);
-    kd_optimizer_destroy(r->opt);
-    kd_model_destroy(r->model);
-}
+static const char *E_STUDENT = "input 16; linear 32; relu; linear 64";
 
 START_TEST(distil_through_cache_matches_dense)
 {
@@ -729,12 +700,12 @@ START_TEST(distil_through_cache_matches_dense)
     kd_eval_report dense = {sizeof dense}, cached = {sizeof cached}, teach = {sizeof teach};
     /* two fresh contexts of the same seed: the same initial students */
     kd_context *ca = kd_test_ctx(), *cb = kd_test_ctx();
-    e_rig a;
-    e_rig_make(ca, &a);
+    kd_test_rig a;
+    kd_test_rig_make(ca, &a, E_STUDENT, 1e-2f);
     ck_assert_int_eq(kd_fit(a.student, t, &train, &fc), KD_OK);
     ck_assert_int_eq(kd_evaluate(ctx, a.model, t, &eval, 256, &dense), KD_OK);
-    e_rig b;
-    e_rig_make(cb, &b);
+    kd_test_rig b;
+    kd_test_rig_make(cb, &b, E_STUDENT, 1e-2f);
     /* no teacher from here on: the cache only */
     ck_assert_int_eq(kd_fit_cached(b.student, cache, &train, &fc), KD_OK);
     ck_assert_int_eq(kd_evaluate(ctx, b.model, t, &eval, 256, &cached), KD_OK);
@@ -755,8 +726,8 @@ START_TEST(distil_through_cache_matches_dense)
     kd_fit_config aug = fc;
     aug.augment = (kd_augment_fn)1;
     ck_assert_int_eq(kd_fit_cached(b.student, cache, &train, &aug), KD_E_INVALID);
-    e_rig_free(&a);
-    e_rig_free(&b);
+    kd_test_rig_free(&a);
+    kd_test_rig_free(&b);
     kd_logit_cache_close(cache);
     kd_teacher_destroy(t);
     kd_model_destroy(tm);

@@ -97,13 +97,7 @@ START_TEST(teacher_kinds_agree)
     /* Mean of identical logits is those logits; the log of the mean of
      * identical distributions is their log-softmax. */
     kd_assert_close(e, b, 16 * CLASSES, 1e-5, 1e-5);
-    for (int r = 0; r < 16; r++) {
-        double mx = b[r * CLASSES], s = 0;
-        for (int c = 1; c < CLASSES; c++) mx = b[r * CLASSES + c] > mx ? b[r * CLASSES + c] : mx;
-        for (int c = 0; c < CLASSES; c++) s += exp(b[r * CLASSES + c] - mx);
-        for (int c = 0; c < CLASSES; c++)
-            ck_assert_double_eq_tol(p[r * CLASSES + c], b[r * CLASSES + c] - mx - log(s), 1e-4);
-    }
+    kd_test_assert_log_softmax(p, b, 16, CLASSES, 1e-4);
     kd_teacher_destroy(t_probs);
     kd_teacher_destroy(t_ens);
     kd_teacher_destroy(t_cb);
@@ -144,37 +138,6 @@ START_TEST(ensemble_probs_mixture)
 }
 END_TEST
 
-typedef struct {
-    kd_model *model;
-    kd_optimizer *opt;
-    kd_loss *kd;
-    kd_student *student;
-} rig;
-
-static void rig_make(kd_context *ctx, rig *r, const char *spec, float lr)
-{
-    ck_assert_int_eq(kd_model_create_from_spec(ctx, spec, &r->model), KD_OK);
-    kd_optimizer_config oc;
-    kd_optimizer_config_default(&oc, KD_OPTIM_ADAMW);
-    oc.lr = lr;
-    ck_assert_int_eq(kd_optimizer_create(r->model, &oc, &r->opt), KD_OK);
-    kd_loss_hinton_config hc;
-    kd_loss_hinton_config_default(&hc);
-    hc.alpha = 1.0f;
-    hc.temperature = 2.0f;
-    ck_assert_int_eq(kd_loss_create(ctx, kd_loss_hinton(), &hc, &r->kd), KD_OK);
-    ck_assert_int_eq(kd_student_create(ctx, r->model, r->opt, NULL, &r->student), KD_OK);
-    ck_assert_int_eq(kd_student_add_loss(r->student, r->kd, 1.0f, KD_TERM_NO_LABELS), KD_OK);
-}
-
-static void rig_free(rig *r)
-{
-    kd_student_destroy(r->student);
-    kd_loss_destroy(r->kd);
-    kd_optimizer_destroy(r->opt);
-    kd_model_destroy(r->model);
-}
-
 static kd_dataset dataset(int with_labels)
 {
     kd_dataset ds = {sizeof(kd_dataset), data_x, N, DIM, with_labels ? data_y : NULL};
@@ -195,8 +158,8 @@ START_TEST(students_learn_from_every_teacher_kind)
         if (kind == 0) t = tmodel;
         else if (kind == 1) t = tcb;
         else ck_assert_int_eq(kd_teacher_ensemble(ctx, both, 2, NULL, KD_ENSEMBLE_PROBS, &t), KD_OK);
-        rig r;
-        rig_make(ctx, &r, "input 8; linear 32; relu; linear 4", 1e-2f);
+        kd_test_rig r;
+        kd_test_rig_make(ctx, &r, "input 8; linear 32; relu; linear 4", 1e-2f);
         kd_dataset ds = dataset(1), unlabelled = dataset(0);
         kd_eval_report before = {sizeof before}, after = {sizeof after};
         ck_assert_int_eq(kd_evaluate(ctx, r.model, t, &ds, 100, &before), KD_OK);
@@ -214,7 +177,7 @@ START_TEST(students_learn_from_every_teacher_kind)
         ck_assert(after.accuracy > before.accuracy + 0.2);
         ck_assert(after.nll < before.nll);
         ck_assert_uint_eq(after.labelled, N);
-        rig_free(&r);
+        kd_test_rig_free(&r);
         if (kind == 2) kd_teacher_destroy(t);
         kd_teacher_destroy(tcb);
         kd_teacher_destroy(tmodel);
@@ -229,8 +192,8 @@ static void train_once(float *out, size_t *n_out)
     kd_context *ctx = kd_test_ctx();
     kd_teacher *t;
     ck_assert_int_eq(kd_teacher_from_callback(ctx, DIM, CLASSES, truth_teacher, NULL, &t), KD_OK);
-    rig r;
-    rig_make(ctx, &r, "input 8; linear 16; relu; dropout 0.1; linear 4", 1e-2f);
+    kd_test_rig r;
+    kd_test_rig_make(ctx, &r, "input 8; linear 16; relu; dropout 0.1; linear 4", 1e-2f);
     kd_dataset ds = dataset(1);
     kd_fit_config fc;
     kd_fit_config_default(&fc);
@@ -243,7 +206,7 @@ static void train_once(float *out, size_t *n_out)
     ck_assert_int_eq(kd_model_blocks(r.model, &p, NULL, &n), KD_OK);
     memcpy(out, p, n * sizeof *p);
     *n_out = n;
-    rig_free(&r);
+    kd_test_rig_free(&r);
     kd_teacher_destroy(t);
     kd_context_destroy(ctx);
 }
@@ -265,8 +228,8 @@ START_TEST(nan_never_reaches_the_weights)
 {
     make_data();
     kd_context *ctx = kd_test_ctx();
-    rig r;
-    rig_make(ctx, &r, "input 8; linear 4", 1e-2f);
+    kd_test_rig r;
+    kd_test_rig_make(ctx, &r, "input 8; linear 4", 1e-2f);
     float *p;
     size_t n;
     ck_assert_int_eq(kd_model_blocks(r.model, &p, NULL, &n), KD_OK);
@@ -293,7 +256,7 @@ START_TEST(nan_never_reaches_the_weights)
     ck_assert_int_eq(kd_teacher_from_callback(ctx, DIM, CLASSES, nan_teacher, NULL, &tn), KD_OK);
     ck_assert_int_eq(kd_teacher_logits(tn, data_x, 4, t), KD_E_NUMERIC);
     kd_teacher_destroy(tn);
-    rig_free(&r);
+    kd_test_rig_free(&r);
     kd_context_destroy(ctx);
 }
 END_TEST
@@ -377,8 +340,8 @@ START_TEST(distill_hostile)
     ck_assert_int_eq(kd_teacher_logits(NULL, data_x, 1, out), KD_E_INVALID);
     ck_assert_uint_eq(kd_teacher_classes(NULL), 0);
 
-    rig r;
-    rig_make(ctx, &r, "input 8; linear 4", 1e-3f);
+    kd_test_rig r;
+    kd_test_rig_make(ctx, &r, "input 8; linear 4", 1e-3f);
     kd_student *s2;
     ck_assert_int_eq(kd_student_create(ctx, NULL, r.opt, NULL, &s2), KD_E_INVALID);
     kd_student_config sc;
@@ -431,7 +394,7 @@ START_TEST(distill_hostile)
     er.struct_size = 1;
     ck_assert_int_eq(kd_evaluate(ctx, r.model, NULL, &ds, 10, &er), KD_E_VERSION);
     ck_assert_int_eq(kd_fit_chain(ctx, NULL, NULL, 0, NULL, NULL, &ds, &fc), KD_E_INVALID);
-    rig_free(&r);
+    kd_test_rig_free(&r);
     kd_teacher_destroy(other);
     kd_teacher_destroy(fail);
     kd_teacher_destroy(good);

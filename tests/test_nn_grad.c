@@ -49,6 +49,27 @@ static int coord_ok(kd_model *m, float *v, const float *x, const int32_t *ids, s
     return fabs((lp - l0) - (l0 - lm)) / hs[1] > lim ? 2 : 0;
 }
 
+/* Checks the analytic gradient a of the n coordinates v (parameters or
+ * inputs, named what) against central differences on up to 120 of them,
+ * within tol relative to the largest |a|; counts the checked coordinates and
+ * those on kinks. */
+static void check_coords(const char *spec, const char *what, float *v, const float *a, size_t n,
+                         kd_model *m, const float *x, const int32_t *ids, size_t n_ids,
+                         const int32_t *off, size_t batch, const float *w, size_t ny, double l0,
+                         double tol, size_t *checked, size_t *kinks)
+{
+    size_t step = n > 120 ? n / 120 : 1;
+    double maxa = 1e-3;
+    for (size_t i = 0; i < n; i++) maxa = fmax(maxa, fabs(a[i]));
+    for (size_t i = 0; i < n; i += step) {
+        double num;
+        int r = coord_ok(m, &v[i], x, ids, n_ids, off, batch, w, ny, l0, a[i], tol * fmax(1.0, maxa), &num);
+        (*checked)++;
+        *kinks += r == 2;
+        ck_assert_msg(r != 0, "%s: %s %zu: numeric %.6g analytic %.6g", spec, what, i, num, a[i]);
+    }
+}
+
 /* Checks d loss / d (params and inputs) against central differences on up
  * to 120 coordinates of each. */
 static void gradcheck_ids(const char *spec, size_t batch, const int32_t *ids, size_t n_ids,
@@ -92,28 +113,8 @@ static void gradcheck_ids(const char *spec, size_t batch, const int32_t *ids, si
     memcpy(ga, g, np * sizeof(float));
     double l0 = loss(m, x, ids, n_ids, off, batch, w, ny);
     size_t checked = 0, kinks = 0;
-    size_t step = np > 120 ? np / 120 : 1;
-    double maxg = 1e-3;
-    for (size_t i = 0; i < np; i++) maxg = fmax(maxg, fabs(ga[i]));
-    for (size_t i = 0; i < np; i += step) {
-        double num;
-        int r = coord_ok(m, &p[i], x, ids, n_ids, off, batch, w, ny, l0, ga[i], tol * fmax(1.0, maxg), &num);
-        checked++;
-        kinks += r == 2;
-        ck_assert_msg(r != 0, "%s: param %zu: numeric %.6g analytic %.6g", spec, i, num, ga[i]);
-    }
-    if (x) {
-        size_t sx = nx > 120 ? nx / 120 : 1;
-        double maxd = 1e-3;
-        for (size_t i = 0; i < nx; i++) maxd = fmax(maxd, fabs(dx[i]));
-        for (size_t i = 0; i < nx; i += sx) {
-            double num;
-            int r = coord_ok(m, &x[i], x, ids, n_ids, off, batch, w, ny, l0, dx[i], tol * fmax(1.0, maxd), &num);
-            checked++;
-            kinks += r == 2;
-            ck_assert_msg(r != 0, "%s: input %zu: numeric %.6g analytic %.6g", spec, i, num, dx[i]);
-        }
-    }
+    check_coords(spec, "param", p, ga, np, m, x, ids, n_ids, off, batch, w, ny, l0, tol, &checked, &kinks);
+    if (x) check_coords(spec, "input", x, dx, nx, m, x, ids, n_ids, off, batch, w, ny, l0, tol, &checked, &kinks);
     ck_assert_msg(kinks * 10 <= checked, "%s: %zu of %zu coordinates sit on kinks", spec, kinks, checked);
     free(ga);
     free(w);

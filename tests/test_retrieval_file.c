@@ -22,20 +22,6 @@ static void setup(void)
 
 static void teardown(void) { kd_test_rmdir(dir); }
 
-static unsigned char *read_all(const char *p, size_t *n)
-{
-    FILE *f = fopen(p, "rb");
-    ck_assert_ptr_nonnull(f);
-    fseek(f, 0, SEEK_END);
-    long sz = ftell(f);
-    fseek(f, 0, SEEK_SET);
-    unsigned char *buf = (unsigned char *)malloc((size_t)sz + 8);
-    ck_assert_uint_eq(fread(buf, 1, (size_t)sz, f), (size_t)sz);
-    fclose(f);
-    *n = (size_t)sz;
-    return buf;
-}
-
 static uint32_t rd32(const unsigned char *p) { return (uint32_t)p[0] | p[1] << 8 | p[2] << 16 | (uint32_t)p[3] << 24; }
 static uint64_t rd64(const unsigned char *p) { return rd32(p) | (uint64_t)rd32(p + 4) << 32; }
 static void wr32(unsigned char *p, uint32_t v)
@@ -118,7 +104,7 @@ START_TEST(save_load_same_results)
     }
     /* the file size equals the in-memory image, and a misaligned copy loads */
     size_t n;
-    unsigned char *img = read_all(path, &n);
+    unsigned char *img = kd_test_read_file(path, &n); /* n + 1 bytes */
     ck_assert_uint_eq(n, a.bytes);
     memmove(img + 1, img, n);
     ck_assert_int_eq(open_mem(ctx, img + 1, n), KD_OK);
@@ -164,7 +150,7 @@ START_TEST(hostile_header)
     kd_sparse_index *idx = small_index(ctx, &c, 300);
     ck_assert_int_eq(kd_sparse_index_save(idx, path), KD_OK);
     size_t n;
-    unsigned char *img = read_all(path, &n);
+    unsigned char *img = kd_test_read_file(path, &n);
     unsigned char *w = (unsigned char *)malloc(n + 8);
     ck_assert_int_eq(open_mem(ctx, img, n), KD_OK);
     memcpy(w, img, n);
@@ -211,7 +197,7 @@ START_TEST(hostile_truncation_and_flips)
     kd_sparse_index *idx = small_index(ctx, &c, 200);
     ck_assert_int_eq(kd_sparse_index_save(idx, path), KD_OK);
     size_t n;
-    unsigned char *img = read_all(path, &n);
+    unsigned char *img = kd_test_read_file(path, &n);
     unsigned char *w = (unsigned char *)malloc(n + 8);
     /* every truncation */
     for (size_t cut = 0; cut < n; cut++) {
@@ -246,7 +232,7 @@ START_TEST(hostile_counts_and_offsets)
     kd_sparse_index *idx = small_index(ctx, &c, 400);
     ck_assert_int_eq(kd_sparse_index_save(idx, path), KD_OK);
     size_t n;
-    unsigned char *img = read_all(path, &n);
+    unsigned char *img = kd_test_read_file(path, &n);
     unsigned char *w = (unsigned char *)malloc(n + 8);
     const unsigned char *sec = img + 64;
 #define SOFF(i) rd64(sec + 24 * (i) + 8)

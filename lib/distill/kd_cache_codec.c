@@ -230,6 +230,16 @@ kd_status kdc_check_row(kd_context *ctx, const float *z, uint64_t classes, uint6
 /* Heap order: the root is the worst kept entry (lower logit, then higher id). */
 static int worse(float za, int32_t ia, float zb, int32_t ib) { return za < zb || (za == zb && ia > ib); }
 
+static void swap_entries(int32_t *id, float *z, size_t a, size_t b)
+{
+    int32_t ti = id[a];
+    float tz = z[a];
+    id[a] = id[b];
+    z[a] = z[b];
+    id[b] = ti;
+    z[b] = tz;
+}
+
 static void sift_down(int32_t *id, float *z, size_t n, size_t i)
 {
     for (;;) {
@@ -237,12 +247,7 @@ static void sift_down(int32_t *id, float *z, size_t n, size_t i)
         if (l < n && worse(z[l], id[l], z[w], id[w])) w = l;
         if (r < n && worse(z[r], id[r], z[w], id[w])) w = r;
         if (w == i) return;
-        int32_t ti = id[i];
-        float tz = z[i];
-        id[i] = id[w];
-        z[i] = z[w];
-        id[w] = ti;
-        z[w] = tz;
+        swap_entries(id, z, i, w);
         i = w;
     }
 }
@@ -252,12 +257,7 @@ static void sift_up(int32_t *id, float *z, size_t i)
     while (i > 0) {
         size_t p = (i - 1) / 2;
         if (!worse(z[i], id[i], z[p], id[p])) return;
-        int32_t ti = id[i];
-        float tz = z[i];
-        id[i] = id[p];
-        z[i] = z[p];
-        id[p] = ti;
-        z[p] = tz;
+        swap_entries(id, z, i, p);
         i = p;
     }
 }

@@ -421,12 +421,8 @@ kd_status kd_fit_cached(kd_student *s, const kd_logit_cache *cache, const kd_dat
         double running = 0.0;
         for (size_t step = 0; step < steps; step++) {
             size_t first = step * bsz, b = n - first < bsz ? n - first : bsz;
-            for (size_t r = 0; r < b; r++) {
-                size_t row = order[first + r];
-                memcpy(xb + r * dim, ds->x + row * dim, dim * sizeof *xb);
-                yb[r] = ds->labels ? ds->labels[row] : KD_LOSS_IGNORE_INDEX;
-                rows[r] = row;
-            }
+            kd__fit_gather(ds, dim, order + first, b, xb, yb);
+            for (size_t r = 0; r < b; r++) rows[r] = order[first + r];
             kd_sparse_logits sp;
             if ((st = kd_logit_cache_rows(cache, rows, b, ids, vals, tail, &sp)) != KD_OK) goto done;
             kd_step_report rep;
@@ -434,14 +430,8 @@ kd_status kd_fit_cached(kd_student *s, const kd_logit_cache *cache, const kd_dat
             rep.struct_size = (uint32_t)sizeof rep;
             if ((st = kd_student_step_sparse(s, xb, b, ds->labels ? yb : NULL, &sp, &rep)) != KD_OK) goto done;
             running += (rep.total - running) / (double)(step + 1);
-            if (cfg.progress) {
-                kd_progress p = {(uint32_t)sizeof p, epoch, cfg.epochs, step + 1, steps, running, 0.0,
-                                 step + 1 == steps};
-                if (cfg.progress(cfg.progress_user, &p) != 0) {
-                    st = kd__fail(ctx, KD_E_CALLBACK, "kd_fit_cached: stopped by the progress callback");
-                    goto done;
-                }
-            }
+            if ((st = kd__fit_progress(ctx, &cfg, "kd_fit_cached", epoch, step, steps, running, 0.0)) != KD_OK)
+                goto done;
         }
     }
 done:

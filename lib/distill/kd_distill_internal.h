@@ -13,6 +13,16 @@ size_t kd__model_input_numel(kd_model *m);
  * the caller in the reason. */
 kd_status kd__check_dataset(kd_context *ctx, const kd_dataset *ds, size_t dim, const char *fn);
 
+/* The batch gather of kd_fit and kd_fit_cached: rows[0..b) of ds, inputs into
+ * xb (b x dim) and labels into yb (KD_LOSS_IGNORE_INDEX without labels). */
+void kd__fit_gather(const kd_dataset *ds, size_t dim, const size_t *rows, size_t b, float *xb,
+                    int32_t *yb);
+/* Reports step + 1 of steps in epoch (running mean loss, seconds since the
+ * start) to cfg->progress when set; KD_E_CALLBACK, reason naming fn, when the
+ * callback asks to stop. */
+kd_status kd__fit_progress(kd_context *ctx, const kd_fit_config *cfg, const char *fn, size_t epoch,
+                           size_t step, size_t steps, double running, double seconds);
+
 /* A teacher implemented by another layer: run fills batch x classes
  * logits and returns a status (reason set); train is 1 for a training call
  * (kd_teacher_logits, kd_fit: a teacher that learns as it is asked may

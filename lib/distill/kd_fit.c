@@ -78,6 +78,26 @@ kd_status kd_fit_shuffle(size_t *order, size_t n, uint64_t seed, size_t epoch)
     return KD_OK;
 }
 
+void kd__fit_gather(const kd_dataset *ds, size_t dim, const size_t *rows, size_t b, float *xb,
+                    int32_t *yb)
+{
+    for (size_t r = 0; r < b; r++) {
+        memcpy(xb + r * dim, ds->x + rows[r] * dim, dim * sizeof *xb);
+        yb[r] = ds->labels ? ds->labels[rows[r]] : KD_LOSS_IGNORE_INDEX;
+    }
+}
+
+kd_status kd__fit_progress(kd_context *ctx, const kd_fit_config *cfg, const char *fn, size_t epoch,
+                           size_t step, size_t steps, double running, double seconds)
+{
+    if (!cfg->progress) return KD_OK;
+    kd_progress p = {(uint32_t)sizeof p, epoch, cfg->epochs, step + 1, steps, running, seconds,
+                     step + 1 == steps};
+    if (cfg->progress(cfg->progress_user, &p) != 0)
+        return kd__fail(ctx, KD_E_CALLBACK, "%s: stopped by the progress callback", fn);
+    return KD_OK;
+}
+
 kd_status kd_fit(kd_student *s, kd_teacher *teacher, const kd_dataset *ds, const kd_fit_config *cfg_in)
 {
     if (!s) return KD_E_INVALID;
@@ -124,12 +144,9 @@ kd_status kd_fit(kd_student *s, kd_teacher *teacher, const kd_dataset *ds, const
         double running = 0.0;
         for (size_t step = 0; step < steps; step++) {
             size_t first = step * bsz, b = n - first < bsz ? n - first : bsz;
-            for (size_t r = 0; r < b; r++) {
-                size_t row = order[first + r];
-                memcpy(xb + r * dim, ds->x + row * dim, dim * sizeof *xb);
-                yb[r] = ds->labels ? ds->labels[row] : KD_LOSS_IGNORE_INDEX;
-                if (cache) memcpy(tb + r * classes, tcache + row * classes, classes * sizeof *tb);
-            }
+            kd__fit_gather(ds, dim, order + first, b, xb, yb);
+            for (size_t r = 0; cache && r < b; r++)
+                memcpy(tb + r * classes, tcache + order[first + r] * classes, classes * sizeof *tb);
             const float *xin = xb;
             if (cfg.augment) {
                 if (cfg.augment(cfg.augment_user, xb, xa, b, dim, &rng) != 0) {
@@ -145,14 +162,8 @@ kd_status kd_fit(kd_student *s, kd_teacher *teacher, const kd_dataset *ds, const
             st = kd_student_step(s, xin, b, ds->labels ? yb : NULL, tb, &rep);
             if (st != KD_OK) goto done;
             running += (rep.total - running) / (double)(step + 1);
-            if (cfg.progress) {
-                kd_progress p = {(uint32_t)sizeof p, epoch, cfg.epochs, step + 1, steps, running,
-                                 now_seconds() - t0, step + 1 == steps};
-                if (cfg.progress(cfg.progress_user, &p) != 0) {
-                    st = kd__fail(ctx, KD_E_CALLBACK, "kd_fit: stopped by the progress callback");
-                    goto done;
-                }
-            }
+            st = kd__fit_progress(ctx, &cfg, "kd_fit", epoch, step, steps, running, now_seconds() - t0);
+            if (st != KD_OK) goto done;
         }
     }
 done:

@@ -133,6 +133,38 @@ static kd_status fused_sweep(kd_loss *loss, const kd__div *d, const kd_loss_batc
     return KD_OK;
 }
 
+/* One row i of a temperature-scaled loss (div_row, taid_row, dkd_row): the
+ * value into *v and, when g is not NULL, coef times its gradient w.r.t.
+ * logits / T added to g. Returns 0, or 1 + the class that makes the row
+ * infinite. */
+typedef size_t (*scaled_row_fn)(const void *state, const kd_loss_batch *b, size_t i, double inv_t,
+                                double *v, float *g, double coef);
+
+/* The two passes over the rows of a loss scaled by T^2: pass 0 adds
+ * row weight x T^2 x value to *total; pass 1 (a gradient wanted, norm > 0)
+ * adds the gradients, coefficient scale x norm x row weight x T (T^2 times
+ * the 1/T of dz/ds). An infinite row fails with KD_E_NUMERIC and why. */
+static kd_status scaled_rows(kd_loss *loss, const void *state, const kd_loss_batch *b, double T,
+                             double norm, const kd_loss_grad *grad, scaled_row_fn row,
+                             const char *why, double *total)
+{
+    const double inv_t = 1.0 / T;
+    const size_t ld = b->classes;
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1 && !(grad && grad->student_logits && norm > 0)) break;
+        for (size_t i = 0; i < b->rows; i++) {
+            if (!kd__row_on(b, i)) continue;
+            double v = 0;
+            float *g = pass ? grad->student_logits + i * ld : NULL;
+            double coef = pass ? grad->scale * norm * kd__row_w(b, i) * T : 0;
+            size_t bad = row(state, b, i, inv_t, &v, g, coef);
+            if (bad) return NUMERIC_BAD(loss, i, bad - 1, why);
+            if (!pass) *total += kd__row_w(b, i) * T * T * v;
+        }
+    }
+    return KD_OK;
+}
+
 /* ---- cross-entropy with label smoothing (temperature 1) -------------------- */
 
 /* Value of one row; grad (may be NULL) += coef * (q - target). Returns 1 when
@@ -388,9 +420,12 @@ static double div_elem(const div_state *d, double lp, double lq, double *val, in
 
 /* One row: value, and grad += coef * dL/dz (z = s/T). Returns 1 + column on
  * an infinite divergence, 0 otherwise. */
-static size_t div_row(const div_state *d, const float *s, const float *t, size_t c, double inv_t,
+static size_t div_row(const void *state, const kd_loss_batch *b, size_t i, double inv_t,
                       double *val, float *grad, double coef)
 {
+    const div_state *d = (const div_state *)state;
+    const size_t c = b->classes;
+    const float *s = b->student_logits + i * c, *t = b->teacher_logits + i * c;
     double ls = kd__row_lse(s, c, inv_t, SIZE_MAX), lt = kd__row_lse(t, c, inv_t, SIZE_MAX);
     double v = 0, sum_g = 0;
     for (size_t j = 0; j < c; j++) {
@@ -413,7 +448,7 @@ static kd_status div_compute(kd_loss *loss, void *state, const kd_loss_batch *b,
                              const kd_loss_grad *grad)
 {
     const div_state *d = (const div_state *)state;
-    const size_t ld = b->classes, c = ld;
+    const size_t c = b->classes;
     const double T = d->cfg.temperature, inv_t = 1.0 / T;
     double norm = kd__reduce_norm(b, d->cfg.reduction, NULL), total = 0;
     if ((d->kind == DIV_RKL || d->kind == DIV_JSD) && use_fused(b, c)) {
@@ -426,23 +461,11 @@ static kd_status div_compute(kd_loss *loss, void *state, const kd_loss_batch *b,
     if (!b->teacher_logits)
         return kd__fail(loss->ctx, KD_E_UNSUPPORTED, "%s: needs dense teacher logits",
                         kd_loss_name(loss));
-    for (int pass = 0; pass < 2; pass++) {
-        if (pass == 1 && !(grad && grad->student_logits && norm > 0)) break;
-        for (size_t i = 0; i < b->rows; i++) {
-            if (!kd__row_on(b, i)) continue;
-            double v = 0;
-            float *g = pass ? grad->student_logits + i * ld : NULL;
-            /* T^2 scaling times the 1/T of dz/ds. */
-            double coef = pass ? grad->scale * norm * kd__row_w(b, i) * T : 0;
-            size_t bad = div_row(d, b->student_logits + i * ld, b->teacher_logits + i * ld, c,
-                                 inv_t, &v, g, coef);
-            if (bad)
-                return NUMERIC_BAD(loss, i, bad - 1,
-                                   "the divergence is infinite (one side masks a class the "
-                                   "other gives mass)");
-            if (!pass) total += kd__row_w(b, i) * T * T * v;
-        }
-    }
+    kd_status st = scaled_rows(loss, d, b, T, norm, grad, div_row,
+                               "the divergence is infinite (one side masks a class the other "
+                               "gives mass)",
+                               &total);
+    if (st) return st;
     *value = total * norm;
     return KD_OK;
 }
@@ -514,9 +537,12 @@ static kd_status taid_create(kd_loss *loss, void *state, const void *config)
 
 /* One row of KL(P_t || Q); grad += coef * (q - p_t). Returns 1 + column when
  * the target has mass where the student has none. */
-static size_t taid_row(const taid_state *st, const float *s, const float *z, size_t c,
-                       double inv_t, double *val, float *grad, double coef)
+static size_t taid_row(const void *state, const kd_loss_batch *b, size_t i, double inv_t,
+                       double *val, float *grad, double coef)
 {
+    const taid_state *st = (const taid_state *)state;
+    const size_t c = b->classes;
+    const float *s = b->student_logits + i * c, *z = b->teacher_logits + i * c;
     const double t = st->t, l1t = log1p(-t), lt = t > 0 ? log(t) : -INFINITY;
     const int logits = st->cfg.mix == KD_TAID_MIX_LOGITS;
     double ls = kd__row_lse(s, c, inv_t, SIZE_MAX), lz = kd__row_lse(z, c, inv_t, SIZE_MAX);
@@ -560,7 +586,7 @@ static kd_status taid_compute(kd_loss *loss, void *state, const kd_loss_batch *b
                               const kd_loss_grad *grad)
 {
     taid_state *s = (taid_state *)state;
-    const size_t ld = b->classes, c = ld;
+    const size_t c = b->classes;
     const double T = s->cfg.temperature, inv_t = 1.0 / T;
     double norm = kd__reduce_norm(b, s->cfg.reduction, NULL), total = 0;
     const int mix_logits = s->cfg.mix == KD_TAID_MIX_LOGITS;
@@ -574,20 +600,11 @@ static kd_status taid_compute(kd_loss *loss, void *state, const kd_loss_batch *b
         kd_status st = fused_sweep(loss, &fd, b, norm, 1.0, grad, &total);
         if (st) return st;
     }
-    for (int pass = 0; pass < 2 && !fusedp; pass++) {
-        if (pass == 1 && !(grad && grad->student_logits && norm > 0)) break;
-        for (size_t i = 0; i < b->rows; i++) {
-            if (!kd__row_on(b, i)) continue;
-            double v = 0;
-            float *g = pass ? grad->student_logits + i * ld : NULL;
-            double coef = pass ? grad->scale * norm * kd__row_w(b, i) * T : 0;
-            size_t bad = taid_row(s, b->student_logits + i * ld, b->teacher_logits + i * ld, c,
-                                  inv_t, &v, g, coef);
-            if (bad)
-                return NUMERIC_BAD(loss, i, bad - 1,
-                                   "the interpolated target has mass on a class the student masks");
-            if (!pass) total += kd__row_w(b, i) * T * T * v;
-        }
+    if (!fusedp) {
+        kd_status st = scaled_rows(loss, s, b, T, norm, grad, taid_row,
+                                   "the interpolated target has mass on a class the student masks",
+                                   &total);
+        if (st) return st;
     }
     *value = total * norm;
     s->last_value = *value;
@@ -670,9 +687,12 @@ static kd_status dkd_create(kd_loss *loss, void *state, const void *config)
 
 /* One row with target g: value alpha*TCKD + beta*NCKD (without T^2); grad
  * += coef * d/dz. Returns 1 + column on an infinite term. */
-static size_t dkd_row(const dkd_state *d, const float *s, const float *t, size_t c, size_t g,
-                      double inv_t, double *val, float *grad, double coef)
+static size_t dkd_row(const void *state, const kd_loss_batch *b, size_t i, double inv_t,
+                      double *val, float *grad, double coef)
 {
+    const dkd_state *d = (const dkd_state *)state;
+    const size_t c = b->classes, g = (size_t)b->labels[i];
+    const float *s = b->student_logits + i * c, *t = b->teacher_logits + i * c;
     const double a = d->cfg.alpha, bw = d->cfg.beta;
     double ls = kd__row_lse(s, c, inv_t, SIZE_MAX), lt = kd__row_lse(t, c, inv_t, SIZE_MAX);
     double ls_nt = kd__row_lse(s, c, inv_t, g), lt_nt = kd__row_lse(t, c, inv_t, g);
@@ -717,24 +737,11 @@ static kd_status dkd_compute(kd_loss *loss, void *state, const kd_loss_batch *b,
                              const kd_loss_grad *grad)
 {
     const dkd_state *d = (const dkd_state *)state;
-    const size_t ld = b->classes, c = ld;
-    const double T = d->cfg.temperature, inv_t = 1.0 / T;
+    const double T = d->cfg.temperature;
     double norm = kd__reduce_norm(b, d->cfg.reduction, NULL), total = 0;
-    for (int pass = 0; pass < 2; pass++) {
-        if (pass == 1 && !(grad && grad->student_logits && norm > 0)) break;
-        for (size_t i = 0; i < b->rows; i++) {
-            if (!kd__row_on(b, i)) continue;
-            double v = 0;
-            float *g = pass ? grad->student_logits + i * ld : NULL;
-            double coef = pass ? grad->scale * norm * kd__row_w(b, i) * T : 0;
-            size_t bad = dkd_row(d, b->student_logits + i * ld, b->teacher_logits + i * ld, c,
-                                 (size_t)b->labels[i], inv_t, &v, g, coef);
-            if (bad)
-                return NUMERIC_BAD(loss, i, bad - 1,
-                                   "teacher has mass on a class (or bin) the student masks");
-            if (!pass) total += kd__row_w(b, i) * T * T * v;
-        }
-    }
+    kd_status st = scaled_rows(loss, d, b, T, norm, grad, dkd_row,
+                               "teacher has mass on a class (or bin) the student masks", &total);
+    if (st) return st;
     *value = total * norm;
     return KD_OK;
 }

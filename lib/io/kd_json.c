@@ -140,8 +140,7 @@ static int hex4(const unsigned char *p, uint32_t *out)
     return 1;
 }
 
-/* Length of the valid UTF-8 sequence at p (2..4 bytes), 0 when invalid. */
-static size_t utf8_seq(const unsigned char *p, const unsigned char *end)
+size_t kd__utf8_seq(const unsigned char *p, const unsigned char *end)
 {
     unsigned c = p[0];
     size_t n;
@@ -187,7 +186,7 @@ kd_status kd__json_string(kd__json *j, kd__json_str *out)
             continue;
         }
         if (c >= 0x80) {
-            size_t n = utf8_seq(j->p, j->end);
+            size_t n = kd__utf8_seq(j->p, j->end);
             if (n == 0) return jfail(j, KD_E_FORMAT, "invalid UTF-8 in a string");
             j->p += n;
             len += n;
@@ -372,8 +371,8 @@ static size_t decode_one(const unsigned char **pp, unsigned char out[4])
     const unsigned char *p = *pp;
     uint32_t cp = 0;
     if (*p != '\\') {
-        size_t n = *p < 0x80 ? 1 : utf8_seq(p, p + 4);
-        /* validated earlier, so utf8_seq cannot read past the string end */
+        size_t n = *p < 0x80 ? 1 : kd__utf8_seq(p, p + 4);
+        /* validated earlier, so kd__utf8_seq cannot read past the string end */
         memcpy(out, p, n);
         *pp = p + n;
         return n;

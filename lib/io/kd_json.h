@@ -80,5 +80,9 @@ void kd__json_decode(const kd__json_str *s, char *dst);
 void kd__json_decode_prefix(const kd__json_str *s, char *dst, size_t cap);
 /* 1 when the decoded string equals the NUL-terminated lit. */
 int kd__json_str_eq(const kd__json_str *s, const char *lit);
+/* Length of the well-formed UTF-8 sequence of 2 to 4 bytes at p (p < end,
+ * *p >= 0x80), 0 when it is not one: the check of the reader's strings and
+ * of the names the safetensors writer accepts. */
+size_t kd__utf8_seq(const unsigned char *p, const unsigned char *end);
 
 #endif /* KD_JSON_H */

@@ -118,6 +118,26 @@ static int cmp_meta_key(const void *a, const void *b)
     return bytes_cmp(x->key, x->key_len, y->key, y->key_len);
 }
 
+/* The entry of base[0..n) (sorted by cmp, which also orders the parse) that
+ * compares equal to key, or NULL: the look-up of tensors by name and of
+ * metadata by key. */
+static const void *find_sorted(const void *key, const void *base, size_t n, size_t size,
+                               int (*cmp)(const void *, const void *))
+{
+    size_t lo = 0, hi = n;
+    while (lo < hi) {
+        size_t mid = lo + (hi - lo) / 2;
+        const void *e = (const unsigned char *)base + mid * size;
+        int c = cmp(e, key);
+        if (c == 0) return e;
+        if (c < 0)
+            lo = mid + 1;
+        else
+            hi = mid;
+    }
+    return NULL;
+}
+
 /* ---- header walk ------------------------------------------------------ */
 
 typedef struct walk {
@@ -556,18 +576,15 @@ kd_status kd_safetensors_find(const kd_safetensors *st, const char *name, size_t
 {
     if (!st) return KD_E_INVALID;
     if (!name || !index) return kd__fail(st->ctx, KD_E_INVALID, "kd_safetensors_find: NULL argument");
-    size_t len = strlen(name), lo = 0, hi = st->n_tensors;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        int c = bytes_cmp(st->tensors[mid].name, st->tensors[mid].name_len, name, len);
-        if (c == 0) {
-            *index = mid;
-            return KD_OK;
-        }
-        if (c < 0)
-            lo = mid + 1;
-        else
-            hi = mid;
+    kd__st_tensor k;
+    memset(&k, 0, sizeof k);
+    k.name = name;
+    k.name_len = strlen(name);
+    const kd__st_tensor *t = (const kd__st_tensor *)find_sorted(&k, st->tensors, st->n_tensors, sizeof k,
+                                                                cmp_tensor_name);
+    if (t) {
+        *index = (size_t)(t - st->tensors);
+        return KD_OK;
     }
     return kd__fail(st->ctx, KD_E_NOT_FOUND, "safetensors: no tensor named '%s'", name);
 }
@@ -696,18 +713,14 @@ kd_status kd_safetensors_metadata_get(const kd_safetensors *st, const char *key,
     if (!st) return KD_E_INVALID;
     if (!key || !value)
         return kd__fail(st->ctx, KD_E_INVALID, "kd_safetensors_metadata_get: NULL argument");
-    size_t len = strlen(key), lo = 0, hi = st->n_meta;
-    while (lo < hi) {
-        size_t mid = lo + (hi - lo) / 2;
-        int c = bytes_cmp(st->meta[mid].key, st->meta[mid].key_len, key, len);
-        if (c == 0) {
-            *value = st->meta[mid].value;
-            return KD_OK;
-        }
-        if (c < 0)
-            lo = mid + 1;
-        else
-            hi = mid;
+    kd__st_meta k;
+    memset(&k, 0, sizeof k);
+    k.key = key;
+    k.key_len = strlen(key);
+    const kd__st_meta *m = (const kd__st_meta *)find_sorted(&k, st->meta, st->n_meta, sizeof k, cmp_meta_key);
+    if (m) {
+        *value = m->value;
+        return KD_OK;
     }
     return kd__fail(st->ctx, KD_E_NOT_FOUND, "safetensors: no metadata key '%s'", key);
 }

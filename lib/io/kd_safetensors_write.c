@@ -10,6 +10,7 @@
  * contents only, never of insertion order.
  * No stdio, no allocator other than the context's: usable in firmware.
  */
+#include "kd_json.h"
 #include "kd_safetensors_internal.h"
 
 /* 1 when s (len bytes) is well-formed UTF-8. */
@@ -17,29 +18,8 @@ static int utf8_valid(const unsigned char *s, size_t len)
 {
     size_t i = 0;
     while (i < len) {
-        unsigned c = s[i];
-        if (c < 0x80) {
-            i++;
-            continue;
-        }
-        size_t n;
-        unsigned lo = 0x80, hi = 0xBF;
-        if (c >= 0xC2 && c <= 0xDF) {
-            n = 2;
-        } else if (c >= 0xE0 && c <= 0xEF) {
-            n = 3;
-            if (c == 0xE0) lo = 0xA0;
-            if (c == 0xED) hi = 0x9F;
-        } else if (c >= 0xF0 && c <= 0xF4) {
-            n = 4;
-            if (c == 0xF0) lo = 0x90;
-            if (c == 0xF4) hi = 0x8F;
-        } else {
-            return 0;
-        }
-        if (len - i < n || s[i + 1] < lo || s[i + 1] > hi) return 0;
-        for (size_t k = 2; k < n; k++)
-            if (s[i + k] < 0x80 || s[i + k] > 0xBF) return 0;
+        size_t n = s[i] < 0x80 ? 1 : kd__utf8_seq(s + i, s + len);
+        if (n == 0) return 0;
         i += n;
     }
     return 1;

@@ -24,6 +24,18 @@ size_t kd__router_kmax(const kd_router_config *rc, size_t top_k, size_t E)
     return k > E ? E : k;
 }
 
+/* The softmax normaliser of a row of E router logits: *mx = max_j z_j and
+ * the return value sum_j exp(z_j - *mx), so that p_j = exp(z_j - *mx) / sum. */
+static double softmax_norm(const float *z, size_t E, float *mx)
+{
+    float m = z[0];
+    for (size_t j = 1; j < E; j++) m = z[j] > m ? z[j] : m;
+    double sum = 0;
+    for (size_t j = 0; j < E; j++) sum += exp((double)(z[j] - m));
+    *mx = m;
+    return sum;
+}
+
 /* Picks the k largest of z[0..E) into idx (descending; ties: lower index). */
 static void topk_pick(const float *z, size_t E, size_t k, uint32_t *idx)
 {
@@ -80,10 +92,8 @@ static kd_status tc_route(const void *s, const kd_router_batch *b, kd_router_ass
             continue;
         }
         if (rc->kind == KD_ROUTER_TOPK_RAW) {
-            double sum = 0;
-            float mm = z[0];
-            for (size_t j = 1; j < E; j++) mm = z[j] > mm ? z[j] : mm;
-            for (size_t j = 0; j < E; j++) sum += exp((double)(z[j] - mm));
+            float mm;
+            double sum = softmax_norm(z, E, &mm);
             for (size_t i = 0; i < k; i++)
                 out[na++] = (kd_router_assign){(uint32_t)t, idx[i],
                                                (float)(exp((double)(z[idx[i]] - mm)) / sum)};
@@ -91,10 +101,8 @@ static kd_status tc_route(const void *s, const kd_router_batch *b, kd_router_ass
         }
         if (rc->kind == KD_ROUTER_THRESHOLD) {
             /* smallest prefix of the sorted probabilities reaching the threshold */
-            float mm = z[0];
-            for (size_t j = 1; j < E; j++) mm = z[j] > mm ? z[j] : mm;
-            double sum = 0, acc = 0;
-            for (size_t j = 0; j < E; j++) sum += exp((double)(z[j] - mm));
+            float mm;
+            double sum = softmax_norm(z, E, &mm), acc = 0;
             k = 0;
             while (k < kmax) {
                 acc += exp((double)(z[idx[k]] - mm)) / sum;
@@ -126,10 +134,8 @@ static kd_status tc_backward(const void *s, const kd_router_batch *b, const kd_r
     if (rc->kind == KD_ROUTER_TOPK_RAW) {
         for (size_t t = 0; t < n; t++) {
             const float *z = b->logits + t * E;
-            float mm = z[0];
-            for (size_t j = 1; j < E; j++) mm = z[j] > mm ? z[j] : mm;
-            double s2 = 0;
-            for (size_t j = 0; j < E; j++) s2 += exp((double)(z[j] - mm));
+            float mm;
+            double s2 = softmax_norm(z, E, &mm);
             for (size_t j = 0; j < E; j++)
                 dz[t * E + j] -= (float)(exp((double)(z[j] - mm)) / s2) * sum[t];
         }
@@ -196,10 +202,8 @@ static kd_status ec_route(const void *s, const kd_router_batch *b, kd_router_ass
     uint32_t *heap = (uint32_t *)(b->saved + n * E + n);
     for (size_t t = 0; t < n; t++) {
         const float *z = b->logits + t * E;
-        float m = z[0];
-        for (size_t j = 1; j < E; j++) m = z[j] > m ? z[j] : m;
-        double sum = 0;
-        for (size_t j = 0; j < E; j++) sum += exp((double)(z[j] - m));
+        float m;
+        double sum = softmax_norm(z, E, &m);
         for (size_t j = 0; j < E; j++) p[t * E + j] = (float)(exp((double)(z[j] - m)) / sum);
     }
     for (size_t e = 0; e < E; e++) {
