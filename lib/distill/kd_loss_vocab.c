@@ -19,7 +19,10 @@
  * GCC vectors (one AVX-512 register, two AVX2, four SSE), block sums go to
  * double every BLK elements; on x86-64 the kernels are compiled for the
  * x86-64-v4 / -v3 / baseline feature levels and chosen at load time
- * (target_clones on feature levels, so an AMD Zen 4 gets AVX-512 too).
+ * (target_clones on feature levels, so an AMD Zen 4 gets AVX-512 too), and
+ * with GCC the dense kernels and the log-sum-exp are also instantiated with
+ * AVX-512 intrinsics (exp by vscalefps, block maxima by vpmaxsd), which
+ * take over per row where the CPU has them (use_x512).
  *
  * Sparse teacher rows (kd_sparse_logits) are divergences over buckets: the k
  * ids plus one tail bucket holding every other class (TOPK). For a bucketed
