@@ -649,22 +649,10 @@ START_TEST(test_dense_student_from_moe_teacher)
     ck_assert_int_eq(kd_evaluate(ctx, tm, NULL, &val, 128, &tr), KD_OK);
     ck_assert_msg(tr.accuracy > 0.85, "teacher accuracy %.3f", tr.accuracy);
     for (int mode = 0; mode < 2; mode++) {
-        kd_model *sm;
-        ck_assert_int_eq(kd_model_create_from_spec(ctx, "input 8; linear 32; relu; linear 4", &sm), KD_OK);
-        kd_optimizer_config oc;
-        kd_optimizer_config_default(&oc, KD_OPTIM_ADAMW);
-        oc.lr = 1e-2f;
-        kd_optimizer *opt;
-        ck_assert_int_eq(kd_optimizer_create(sm, &oc, &opt), KD_OK);
-        kd_loss_hinton_config hc;
-        kd_loss_hinton_config_default(&hc);
-        hc.alpha = 1.0f;
-        hc.temperature = 2.0f;
-        kd_loss *kd;
-        ck_assert_int_eq(kd_loss_create(ctx, kd_loss_hinton(), &hc, &kd), KD_OK);
-        kd_student *s;
-        ck_assert_int_eq(kd_student_create(ctx, sm, opt, NULL, &s), KD_OK);
-        ck_assert_int_eq(kd_student_add_loss(s, kd, 1.0f, KD_TERM_NO_LABELS), KD_OK);
+        kd_test_rig rig; /* AdamW 1e-2, Hinton KD alone at T = 2 */
+        kd_test_rig_make(ctx, &rig, "input 8; linear 32; relu; linear 4", 1e-2f);
+        kd_model *sm = rig.model;
+        kd_student *s = rig.student;
         kd_moe_teacher_config c;
         kd_moe_teacher_config_default(&c);
         if (mode == 1) {
@@ -694,10 +682,7 @@ START_TEST(test_dense_student_from_moe_teacher)
         ck_assert_msg(r.accuracy > 0.80, "mode %d: student accuracy %.3f (teacher %.3f)", mode,
                       r.accuracy, tr.accuracy);
         kd_teacher_destroy(t);
-        kd_student_destroy(s);
-        kd_loss_destroy(kd);
-        kd_optimizer_destroy(opt);
-        kd_model_destroy(sm);
+        kd_test_rig_free(&rig);
     }
     kd_model_destroy(tm);
     kd_context_destroy(ctx);
