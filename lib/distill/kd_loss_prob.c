@@ -111,6 +111,8 @@ static kd_status fused_sweep(kd_loss *loss, const kd__div *d, const kd_loss_batc
     kd_status st = fused_precheck(loss, d, b, c);
     if (st) return st;
     const int want_g = grad && grad->student_logits && norm > 0;
+    kd__div dm = *d;
+    dm.nomask = !loss->masked; /* set by this batch's validation */
     double acc = 0;
     for (size_t i = 0; i < b->rows; i++) {
         if (!kd__row_on(b, i)) continue;
@@ -123,8 +125,6 @@ static kd_status fused_sweep(kd_loss *loss, const kd__div *d, const kd_loss_batc
             st = kd__vocab_sparse_row(d, srow, c, sp, i, coef, g, &v, &why);
             if (st) return kd__fail(loss->ctx, st, "%s: row %zu: %s", kd_loss_name(loss), i, why);
         } else {
-            kd__div dm = *d;
-            dm.nomask = !loss->masked; /* set by this batch's validation */
             kd__vocab_dense_row(&dm, srow, b->teacher_logits + i * ld, c, coef, g, &v);
         }
         acc += kd__row_w(b, i) * factor * T * T * v;
